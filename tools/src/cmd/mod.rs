@@ -1,0 +1,3 @@
+//! The subcommands of `anatomy`, one module each.
+
+pub mod ask;
