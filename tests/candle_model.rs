@@ -46,7 +46,13 @@ fn errors(a: &Tensor, b: &Tensor) -> (f64, f64) {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap();
-    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     (abs, abs / scale)
 }
 
@@ -66,13 +72,30 @@ fn check_case(case: &str) {
 
     // Window layout and positions are exact.
     let layout = window_layout(&grids, merge, cfg.vision.window_merged_cells());
-    let as_usize = |name: &str| -> Vec<usize> { ints(&r[name]).iter().map(|&x| x as usize).collect() };
-    assert_eq!(layout.window_index, as_usize("vision_window_index"), "{case}");
-    assert_eq!(layout.cu_window_seqlens, as_usize("vision_cu_window_seqlens"), "{case}");
+    let as_usize =
+        |name: &str| -> Vec<usize> { ints(&r[name]).iter().map(|&x| x as usize).collect() };
+    assert_eq!(
+        layout.window_index,
+        as_usize("vision_window_index"),
+        "{case}"
+    );
+    assert_eq!(
+        layout.cu_window_seqlens,
+        as_usize("vision_cu_window_seqlens"),
+        "{case}"
+    );
     assert_eq!(layout.cu_seqlens, as_usize("vision_cu_seqlens"), "{case}");
     let rope = rope_index(&ids, &grids, cfg.tokens.image_token_id, merge).unwrap();
-    assert_eq!(rope.component_major(), ints(&r["position_ids"]), "{case}: position_ids");
-    assert_eq!(rope.rope_delta, ints(&r["rope_deltas"])[0], "{case}: rope_deltas");
+    assert_eq!(
+        rope.component_major(),
+        ints(&r["position_ids"]),
+        "{case}: position_ids"
+    );
+    assert_eq!(
+        rope.rope_delta,
+        ints(&r["rope_deltas"])[0],
+        "{case}: rope_deltas"
+    );
 
     let vision = model.vision_forward(pixels, &grids).unwrap();
     let (v_abs, v_rel) = errors(&vision, &r["vision_output"]);
@@ -101,10 +124,7 @@ fn check_case(case: &str) {
             logits = model.decode_step(token, position, &mut cache).unwrap();
         }
     }
-    assert_eq!(
-        got, want,
-        "{case}: greedy tokens (HF margins {margins:?})"
-    );
+    assert_eq!(got, want, "{case}: greedy tokens (HF margins {margins:?})");
     let again = model
         .generate_greedy(&ids, Some(pixels), &grids, want.len(), &[])
         .unwrap();
@@ -133,7 +153,11 @@ fn square_runs_in_bf16() {
         .prefill(&ids, Some(&r["pixel_values"]), &[[1, 8, 8]], &mut cache)
         .unwrap();
     assert_eq!(logits.dtype(), DType::BF16);
-    let values = logits.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+    let values = logits
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(values.len(), 512);
     assert!(values.iter().all(|v| v.is_finite()));
     let (abs, rel) = errors(&logits, &r["logits_last"]);
@@ -142,7 +166,9 @@ fn square_runs_in_bf16() {
         "square bf16: logits_last max abs err {abs:.3e}, rel {rel:.3e}; argmax {top} (f32 reference {})",
         ints(&r["greedy_tokens"])[0]
     );
-    let next = model.decode_step(top, cache.len() as i64 + delta, &mut cache).unwrap();
+    let next = model
+        .decode_step(top, cache.len() as i64 + delta, &mut cache)
+        .unwrap();
     assert!(next
         .to_dtype(DType::F32)
         .unwrap()
@@ -199,7 +225,10 @@ fn missing_tensor_is_a_typed_error() {
         matches!(&err, ModelError::MissingTensor { name: n, .. } if n == name),
         "{err:?}"
     );
-    assert!(msg.contains(name) && msg.contains(&s.0.display().to_string()), "{msg}");
+    assert!(
+        msg.contains(name) && msg.contains(&s.0.display().to_string()),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -235,7 +264,10 @@ fn wrong_shape_and_truncation_are_typed_errors() {
     let msg = err.to_string();
     eprintln!("wrong shape: {msg}");
     assert!(matches!(err, ModelError::ShapeMismatch { .. }), "{err:?}");
-    assert!(msg.contains(name) && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains(name) && msg.contains("model.safetensors"),
+        "{msg}"
+    );
 
     let s = Scratch::copy_of("square", "truncated");
     let path = s.0.join("model.safetensors");
@@ -245,7 +277,10 @@ fn wrong_shape_and_truncation_are_typed_errors() {
     let msg = err.to_string();
     eprintln!("truncated: {msg}");
     assert!(matches!(err, ModelError::BadSafetensors { .. }), "{err:?}");
-    assert!(msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -285,7 +320,8 @@ fn transformers5_key_layout_loads_the_same_model() {
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let r = reference("square");
-    let model = Qwen25VL::load(&case_dir("square").join("model"), DType::F32, &Device::Cpu).unwrap();
+    let model =
+        Qwen25VL::load(&case_dir("square").join("model"), DType::F32, &Device::Cpu).unwrap();
     let ids: Vec<u32> = ints(&r["input_ids"]).iter().map(|&t| t as u32).collect();
     let pixels = &r["pixel_values"];
     // Grid disagreeing with the number of placeholders.
@@ -304,5 +340,7 @@ fn bad_inputs_are_errors_not_panics() {
         .unwrap_err();
     assert!(matches!(err, ModelError::Input(_)), "{err:?}");
     // Token outside the vocabulary.
-    assert!(model.prefill(&[100_000], None, &[], &mut model.new_cache()).is_err());
+    assert!(model
+        .prefill(&[100_000], None, &[], &mut model.new_cache())
+        .is_err());
 }

@@ -64,6 +64,30 @@ fn loss(model: &TextModel) -> Tensor {
     candle_nn::loss::cross_entropy(&logits, &targets).unwrap()
 }
 
+/// Deterministic normal samples (xorshift64* + Box-Muller): candle's CPU RNG cannot be seeded, and
+/// the probes below should see the same gradients on every run.
+struct Normal(u64);
+
+impl Normal {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+        (bits as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn sample(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+    fn tensor(&mut self, shape: &candle_core::Shape, mean: f64, std: f64) -> Tensor {
+        let v: Vec<f64> = (0..shape.elem_count())
+            .map(|_| mean + std * self.sample())
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+}
+
 fn scalar(t: &Tensor) -> f64 {
     t.to_scalar::<f64>().unwrap()
 }
@@ -83,15 +107,18 @@ fn check(tie: bool) -> f64 {
     let model = TextModel::new(&cfg, vb.pp("model"), vb.pp("lm_head")).unwrap();
     {
         let vars = varmap.data().lock().unwrap();
-        for (name, var) in vars.iter() {
-            let r = Tensor::randn(0f64, 0.3, var.shape(), &dev).unwrap();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        let mut rng = Normal(0x9e37_79b9_7f4a_7c15);
+        for name in names {
+            let var = &vars[name];
             // Norm weights around 1, as in a trained model.
-            let r = if name.ends_with("norm.weight") {
-                (r + 1.0).unwrap()
+            let mean = if name.ends_with("norm.weight") {
+                1.0
             } else {
-                r
+                0.0
             };
-            var.set(&r).unwrap();
+            var.set(&rng.tensor(var.shape(), mean, 0.3)).unwrap();
         }
     }
     let grads = loss(&model).backward().unwrap();
@@ -99,6 +126,9 @@ fn check(tie: bool) -> f64 {
     let mut probes = vec![
         ("model.layers.0.self_attn.q_proj.weight", 2 * 32 + 5),
         ("model.layers.1.self_attn.k_proj.weight", 9 * 32 + 30),
+        ("model.layers.1.self_attn.q_proj.bias", 14),
+        // Key biases barely matter (a shared key offset cancels in the softmax up to the rotary),
+        // so this gradient is ~1e-5 and only the absolute floor below applies.
         ("model.layers.1.self_attn.k_proj.bias", 3),
         ("model.layers.0.self_attn.v_proj.bias", 11),
         ("model.layers.0.self_attn.o_proj.weight", 7 * 32 + 1),
@@ -133,13 +163,23 @@ fn check(tie: bool) -> f64 {
         let minus = scalar(&loss(&model));
         set_element(var, index, x);
         let numeric = (plus - minus) / (2.0 * eps);
-        let rel = (analytic - numeric).abs() / numeric.abs().max(analytic.abs()).max(1e-8);
+        let abs = (analytic - numeric).abs();
+        let rel = abs / numeric.abs().max(analytic.abs()).max(1e-8);
         eprintln!(
-            "tie={tie} {name}[{index}]: autograd {analytic:+.10e}, finite diff {numeric:+.10e}, rel err {rel:.2e}"
+            "tie={tie} {name}[{index}]: autograd {analytic:+.10e}, finite diff {numeric:+.10e}, abs err {abs:.1e}, rel err {rel:.2e}"
         );
-        assert!(analytic.abs() > 1e-6, "{name}: gradient vanishes, probe is useless");
-        assert!(rel < 1e-7, "{name}[{index}]: rel err {rel:.2e}");
-        worst = worst.max(rel);
+        assert!(
+            analytic.abs() > 1e-7,
+            "{name}: gradient vanishes, probe is useless"
+        );
+        // Rounding in the loss (~1e-16 * |loss| / eps) limits the difference quotient to about
+        // 1e-10 absolute, which dominates the relative error of gradients below ~1e-3.
+        if numeric.abs() > 1e-3 {
+            assert!(rel < 1e-6, "{name}[{index}]: rel err {rel:.2e}");
+            worst = worst.max(rel);
+        } else {
+            assert!(abs < 1e-9, "{name}[{index}]: abs err {abs:.1e}");
+        }
     }
     worst
 }
@@ -147,11 +187,11 @@ fn check(tie: bool) -> f64 {
 #[test]
 fn gradients_match_finite_differences_untied() {
     let worst = check(false);
-    eprintln!("untied: worst relative error {worst:.2e}");
+    eprintln!("untied: worst relative error of gradients above 1e-3: {worst:.2e}");
 }
 
 #[test]
 fn gradients_match_finite_differences_tied() {
     let worst = check(true);
-    eprintln!("tied: worst relative error {worst:.2e}");
+    eprintln!("tied: worst relative error of gradients above 1e-3: {worst:.2e}");
 }

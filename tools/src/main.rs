@@ -2,6 +2,8 @@
 
 mod cmd;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -17,9 +19,17 @@ enum Command {
     Ask(cmd::ask::AskArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Ask(args) => cmd::ask::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line, which is what a user needs.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anatomy_models::qwen2_5_vl::candle::{Cache, Qwen25VL};
+use anatomy_models::qwen2_5_vl::candle::Qwen25VL;
 use anatomy_models::qwen2_5_vl::config::load_preprocess_params;
 use anatomy_models::qwen2_5_vl::preprocess::preprocess_file;
 use anatomy_models::qwen2_5_vl::sampling::{Sampler, SamplingParams};
@@ -74,7 +74,7 @@ pub fn run(args: AskArgs) -> Result<()> {
     let prompt = user_prompt(&args.question, args.image.is_some());
     let prompt_ids = tokenizer.encode_prompt(&prompt, &image_tokens)?;
 
-    let mut cache = Cache::new(&config);
+    let mut cache = model.new_cache();
     let (mut logits, rope_delta) = model.prefill(&prompt_ids, pixels.as_ref(), &grids, &mut cache)?;
     let stops = tokenizer.stop_tokens(&config.tokens.eos_token_ids);
     let mut sampler = Sampler::new(SamplingParams {

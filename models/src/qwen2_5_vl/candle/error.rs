@@ -43,8 +43,9 @@ pub enum ModelError {
     TensorLoad {
         name: String,
         file: PathBuf,
+        // Boxed: candle's error is large and would bloat every `Result` of this crate.
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error(transparent)]
     Position(#[from] PositionError),

@@ -46,7 +46,12 @@ impl Cache {
 
     /// Appends `[b, kv_heads, n, head_dim]` keys and values along the sequence axis and returns
     /// everything cached for the layer.
-    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let Some(slot) = self.layers.get_mut(layer) else {
             candle_core::bail!(
                 "cache has {} layers, layer {layer} requested",

@@ -157,8 +157,7 @@ impl Qwen25VL {
     /// logits `[vocab]`.
     pub fn decode_step(&self, token: u32, position: i64, cache: &mut Cache) -> Result<Tensor> {
         let embeds = self.embed_tokens(&[token])?;
-        let logits =
-            self.forward_embeds(&embeds, &[[position; 3]], cache, LogitsMode::Last)?;
+        let logits = self.forward_embeds(&embeds, &[[position; 3]], cache, LogitsMode::Last)?;
         Ok(logits.flatten_all()?)
     }
 
@@ -189,7 +188,10 @@ impl Qwen25VL {
 
 /// Index of the largest value of a 1-D tensor (the first one on ties, like `torch.argmax`).
 pub fn argmax(logits: &Tensor) -> Result<u32> {
-    let v = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let v = logits
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let mut best: Option<(usize, f32)> = None;
     for (i, &x) in v.iter().enumerate() {
         if best.is_none_or(|(_, b)| x > b) {

@@ -53,11 +53,7 @@ pub fn mrope_tables(
     }
     let mut angles = Vec::with_capacity(positions.len() * half);
     for p in positions {
-        angles.extend(
-            inv.iter()
-                .zip(&component)
-                .map(|(f, &c)| p[c] as f32 * f),
-        );
+        angles.extend(inv.iter().zip(&component).map(|(f, &c)| p[c] as f32 * f));
     }
     tables(angles, positions.len(), half, device)
 }
@@ -108,7 +104,10 @@ mod tests {
         let inv = inv_freq(10.0, 16);
         let comp = [1., 1., 2., 2., 2., 3., 3., 3.];
         for j in 0..8 {
-            assert!((sin[0][j] - (comp[j] * inv[j]).sin()).abs() < 1e-6, "freq {j}");
+            assert!(
+                (sin[0][j] - (comp[j] * inv[j]).sin()).abs() < 1e-6,
+                "freq {j}"
+            );
         }
         assert!(mrope_tables(&[[0; 3]], 16, 10.0, &[2, 2, 2], &dev).is_err());
     }

@@ -67,7 +67,11 @@ impl Positions<'_> {
                 }
                 let rows = t.to_dtype(DType::I64)?.to_vec2::<i64>()?;
                 let n = rows[0].len();
-                Cow::Owned((0..n).map(|i| [rows[0][i], rows[1][i], rows[2][i]]).collect())
+                Cow::Owned(
+                    (0..n)
+                        .map(|i| [rows[0][i], rows[1][i], rows[2][i]])
+                        .collect(),
+                )
             }
         };
         if triples.len() != len {
@@ -147,7 +151,12 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    pub(crate) fn new(hidden: usize, intermediate: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(
+        hidden: usize,
+        intermediate: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Mlp {
             gate_proj: candle_nn::linear_b(hidden, intermediate, bias, vb.pp("gate_proj"))?,
             up_proj: candle_nn::linear_b(hidden, intermediate, bias, vb.pp("up_proj"))?,
@@ -254,6 +263,9 @@ impl TextModel {
         cache: &mut Cache,
     ) -> Result<Tensor> {
         let (_, l, h) = embeds.dims3()?;
+        if l == 0 {
+            candle_core::bail!("no tokens to run the language model on");
+        }
         if h != self.cfg.hidden_size {
             candle_core::bail!(
                 "input embeddings have width {h}, the model {}",
@@ -402,19 +414,31 @@ mod tests {
             ];
             let embeds = model.embed_tokens(&ids).unwrap();
             let mut c = model.new_cache();
-            let full = model.forward(&embeds, &pos, &mut c, LogitsMode::All).unwrap();
+            let full = model
+                .forward(&embeds, &pos, &mut c, LogitsMode::All)
+                .unwrap();
             assert_eq!(full.dims(), &[1, 7, 50]);
             assert_eq!(c.len(), 7);
 
             let mut c = model.new_cache();
             let pre = model
-                .forward(&embeds.narrow(1, 0, 4).unwrap(), &pos[..4], &mut c, LogitsMode::Last)
+                .forward(
+                    &embeds.narrow(1, 0, 4).unwrap(),
+                    &pos[..4],
+                    &mut c,
+                    LogitsMode::Last,
+                )
                 .unwrap();
             assert_eq!(pre.dims(), &[1, 1, 50]);
             assert!(max_abs_diff(&pre, &full.narrow(1, 3, 1).unwrap()) < 1e-5);
             for i in 4..7 {
                 let step = model
-                    .forward(&embeds.narrow(1, i, 1).unwrap(), &pos[i..=i], &mut c, LogitsMode::Last)
+                    .forward(
+                        &embeds.narrow(1, i, 1).unwrap(),
+                        &pos[i..=i],
+                        &mut c,
+                        LogitsMode::Last,
+                    )
                     .unwrap();
                 let d = max_abs_diff(&step, &full.narrow(1, i, 1).unwrap());
                 assert!(d < 1e-5, "tie={tie} step {i}: {d}");

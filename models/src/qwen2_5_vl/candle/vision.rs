@@ -51,10 +51,12 @@ impl VisionBlock {
     ) -> Result<Tensor> {
         let (n, hidden) = x.dims2()?;
         let dtype = x.dtype();
-        let qkv = self
-            .qkv
-            .forward(&self.norm1.forward(x)?)?
-            .reshape((n, 3, self.heads, self.head_dim))?;
+        let qkv = self.qkv.forward(&self.norm1.forward(x)?)?.reshape((
+            n,
+            3,
+            self.heads,
+            self.head_dim,
+        ))?;
         let part = |i: usize| qkv.narrow(1, i, 1).and_then(|t| t.squeeze(1));
         // HF applies the vision rotary in f32 whatever the activation dtype.
         let rope = |t: Tensor| -> Result<Tensor> {
@@ -89,7 +91,10 @@ fn segmented_attention(
         while i + count < segments.len() && segments[i + count].1 == len {
             count += 1;
         }
-        let take = |t: &Tensor| t.narrow(1, start, count * len)?.reshape((heads, count, len, d));
+        let take = |t: &Tensor| {
+            t.narrow(1, start, count * len)?
+                .reshape((heads, count, len, d))
+        };
         let (qs, ks, vs) = (take(q)?, take(k)?, take(v)?);
         let probs = softmax_last(&(qs.matmul(&ks.t()?)? * scale)?)?;
         outs.push(probs.matmul(&vs)?.reshape((heads, count * len, d))?);
@@ -219,12 +224,7 @@ impl VisionTower {
             .flat_map(|&cell| (0..unit).map(move |u| (cell * unit + u) as u32))
             .collect();
         let coords: Vec<[usize; 2]> = order.iter().map(|&p| coords[p as usize]).collect();
-        let (cos, sin) = vision_tables(
-            &coords,
-            self.cfg.head_dim(),
-            self.cfg.rope_theta,
-            &device,
-        )?;
+        let (cos, sin) = vision_tables(&coords, self.cfg.head_dim(), self.cfg.rope_theta, &device)?;
         let cdt = compute_dtype(dtype);
         let cos = cos.to_dtype(cdt)?.unsqueeze(1)?;
         let sin = sin.to_dtype(cdt)?.unsqueeze(1)?;

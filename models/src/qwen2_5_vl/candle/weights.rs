@@ -182,10 +182,11 @@ impl SafetensorsIndex {
             path: info.file.clone(),
             source,
         };
-        let len = usize::try_from(info.end - info.start).map_err(|_| ModelError::BadSafetensors {
-            path: info.file.clone(),
-            problem: format!("tensor `{name}` is too large for this platform"),
-        })?;
+        let len =
+            usize::try_from(info.end - info.start).map_err(|_| ModelError::BadSafetensors {
+                path: info.file.clone(),
+                problem: format!("tensor `{name}` is too large for this platform"),
+            })?;
         let mut bytes = vec![0u8; len];
         let mut f = File::open(&info.file).map_err(io)?;
         f.seek(SeekFrom::Start(info.start)).map_err(io)?;
@@ -193,7 +194,7 @@ impl SafetensorsIndex {
         let wrap = |source| ModelError::TensorLoad {
             name: name.to_string(),
             file: info.file.clone(),
-            source,
+            source: Box::new(source),
         };
         // safetensors stores little-endian data and `from_raw_buffer` reads native order.
         if cfg!(target_endian = "big") {
@@ -265,17 +266,20 @@ pub fn read_header(path: &Path) -> Result<Vec<(String, TensorInfo)>> {
         let dtype_name = field("dtype")?
             .as_str()
             .ok_or_else(|| bad(format!("tensor `{name}`: `dtype` is not a string")))?;
-        let dtype =
-            safetensors_dtype(dtype_name).ok_or_else(|| ModelError::UnsupportedDtype {
-                name: name.clone(),
-                file: path.to_path_buf(),
-                dtype: dtype_name.to_string(),
-            })?;
+        let dtype = safetensors_dtype(dtype_name).ok_or_else(|| ModelError::UnsupportedDtype {
+            name: name.clone(),
+            file: path.to_path_buf(),
+            dtype: dtype_name.to_string(),
+        })?;
         let uints = |key: &str| -> Result<Vec<u64>> {
             field(key)?
                 .as_array()
                 .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
-                .ok_or_else(|| bad(format!("tensor `{name}`: `{key}` is not a list of integers")))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "tensor `{name}`: `{key}` is not a list of integers"
+                    ))
+                })
         };
         let shape = uints("shape")?
             .into_iter()
@@ -283,7 +287,9 @@ pub fn read_header(path: &Path) -> Result<Vec<(String, TensorInfo)>> {
             .collect::<Result<Vec<usize>>>()?;
         let offsets = uints("data_offsets")?;
         let [begin, end] = offsets[..] else {
-            return Err(bad(format!("tensor `{name}`: `data_offsets` needs 2 entries")));
+            return Err(bad(format!(
+                "tensor `{name}`: `data_offsets` needs 2 entries"
+            )));
         };
         let numel: u64 = shape.iter().map(|&d| d as u64).product();
         let expected_bytes = numel * dtype.size_in_bytes() as u64;
@@ -400,28 +406,41 @@ mod tests {
     fn reads_back_and_reports_problems() {
         let dir = temp_dir("rw");
         let dev = Device::Cpu;
-        let a = Tensor::arange(0f32, 6., &dev).unwrap().reshape((2, 3)).unwrap();
+        let a = Tensor::arange(0f32, 6., &dev)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
         let b = Tensor::new(&[1i64, 2, 3], &dev).unwrap();
         write_checkpoint(&dir, &[("model.a", a.clone()), ("visual.b", b)]);
         let idx = SafetensorsIndex::open(&dir).unwrap();
         assert_eq!(idx.layout(), KeyLayout::Hub);
-        let got = idx.load("model.a", Some(&[2, 3]), DType::F32, &dev).unwrap();
+        let got = idx
+            .load("model.a", Some(&[2, 3]), DType::F32, &dev)
+            .unwrap();
         assert_eq!(got.to_vec2::<f32>().unwrap(), a.to_vec2::<f32>().unwrap());
         let bf = idx.load("model.a", None, DType::BF16, &dev).unwrap();
         assert_eq!(bf.dtype(), DType::BF16);
 
         let e = idx.load("model.zzz", None, DType::F32, &dev).unwrap_err();
         assert!(matches!(e, ModelError::MissingTensor { ref name, .. } if name == "model.zzz"));
-        let e = idx.load("model.a", Some(&[3, 2]), DType::F32, &dev).unwrap_err();
+        let e = idx
+            .load("model.a", Some(&[3, 2]), DType::F32, &dev)
+            .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("model.a") && msg.contains("model.safetensors"), "{msg}");
+        assert!(
+            msg.contains("model.a") && msg.contains("model.safetensors"),
+            "{msg}"
+        );
 
         // Truncation is caught when the header is read.
         let path = dir.join("model.safetensors");
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
         let msg = SafetensorsIndex::open(&dir).unwrap_err().to_string();
-        assert!(msg.contains("truncated") && msg.contains("model.safetensors"), "{msg}");
+        assert!(
+            msg.contains("truncated") && msg.contains("model.safetensors"),
+            "{msg}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
