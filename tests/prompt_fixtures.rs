@@ -16,8 +16,8 @@ fn reference(case: &str) -> Reference {
     let dir = qwen_case(case);
     let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
         .unwrap();
-    let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
-        .unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     Reference { json, tensors }
 }
 
@@ -33,7 +33,11 @@ fn check_prompt(case: &str) {
 
     let question = r.json["question"].as_str().unwrap();
     let prompt = user_prompt(question, true);
-    assert_eq!(prompt, r.json["prompt"].as_str().unwrap(), "{case}: prompt text");
+    assert_eq!(
+        prompt,
+        r.json["prompt"].as_str().unwrap(),
+        "{case}: prompt text"
+    );
 
     let grid = i64s(&r.tensors["image_grid_thw"]);
     let grid = [grid[0] as usize, grid[1] as usize, grid[2] as usize];

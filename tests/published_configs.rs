@@ -18,7 +18,10 @@ fn qwen2_5_vl_3b_instruct() {
         (t.hidden_size, t.intermediate_size, t.num_hidden_layers),
         (2048, 11008, 36)
     );
-    assert_eq!((t.num_attention_heads, t.num_key_value_heads, t.head_dim), (16, 2, 128));
+    assert_eq!(
+        (t.num_attention_heads, t.num_key_value_heads, t.head_dim),
+        (16, 2, 128)
+    );
     assert_eq!(t.vocab_size, 151936);
     assert!(t.tie_word_embeddings);
     assert_eq!(t.mrope_section, vec![16, 24, 24]);
@@ -35,7 +38,10 @@ fn qwen2_5_vl_7b_instruct() {
         (t.hidden_size, t.intermediate_size, t.num_hidden_layers),
         (3584, 18944, 28)
     );
-    assert_eq!((t.num_attention_heads, t.num_key_value_heads, t.head_dim), (28, 4, 128));
+    assert_eq!(
+        (t.num_attention_heads, t.num_key_value_heads, t.head_dim),
+        (28, 4, 128)
+    );
     assert_eq!(t.vocab_size, 152064);
     assert!(!t.tie_word_embeddings);
     assert_eq!(c.vision.out_hidden_size, 3584);
@@ -44,7 +50,10 @@ fn qwen2_5_vl_7b_instruct() {
 
 fn check_vision(c: &Config) {
     let v = &c.vision;
-    assert_eq!((v.depth, v.hidden_size, v.num_heads, v.head_dim()), (32, 1280, 16, 80));
+    assert_eq!(
+        (v.depth, v.hidden_size, v.num_heads, v.head_dim()),
+        (32, 1280, 16, 80)
+    );
     assert_eq!(v.intermediate_size, 3420);
     assert_eq!(v.fullatt_block_indexes, vec![7, 15, 23, 31]);
     assert_eq!((v.window_size, v.window_merged_cells()), (112, 4));
@@ -63,7 +72,10 @@ fn hub_preprocessor_config() {
     );
     let p = load_preprocess_params(&dir).unwrap();
     assert_eq!((p.min_pixels, p.max_pixels), (3136, 12_845_056));
-    assert_eq!((p.patch_size, p.merge_size, p.temporal_patch_size), (14, 2, 2));
+    assert_eq!(
+        (p.patch_size, p.merge_size, p.temporal_patch_size),
+        (14, 2, 2)
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 

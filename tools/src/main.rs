@@ -17,12 +17,18 @@ struct Cli {
 enum Command {
     /// Ask a question about an image.
     Ask(cmd::ask::AskArgs),
+    /// Convert an HF Qwen2.5-VL checkpoint into GGUF files (language model and vision projector).
+    Convert(cmd::convert::ConvertArgs),
+    /// Show a GGUF file's metadata and tensors.
+    Inspect(cmd::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ask(args) => cmd::ask::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -490,8 +490,9 @@ impl Fields<'_> {
         }
     }
     fn object<'v>(&self, v: &'v Value, field: &str) -> Result<&'v Map<String, Value>, ConfigError> {
-        v.as_object()
-            .ok_or_else(|| self.invalid(field_or_root(field), format!("is {v}, expected an object")))
+        v.as_object().ok_or_else(|| {
+            self.invalid(field_or_root(field), format!("is {v}, expected an object"))
+        })
     }
     fn usize(&self, v: &Value, field: &str) -> Result<usize, ConfigError> {
         v.as_u64()
@@ -596,7 +597,10 @@ mod tests {
         let mut v = tf5();
         v["text_config"]["rope_parameters"]["mrope_section"] = json!([4, 4, 4]);
         let e = parse(&v).unwrap_err().to_string();
-        assert!(e.contains("mrope_section") && e.contains("head_dim/2 = 8"), "{e}");
+        assert!(
+            e.contains("mrope_section") && e.contains("head_dim/2 = 8"),
+            "{e}"
+        );
 
         let mut v = tf5();
         v["vision_config"]["num_heads"] = json!("two");
@@ -606,7 +610,10 @@ mod tests {
         let mut v = tf4();
         v["vision_config"]["fullatt_block_indexes"] = json!([5]);
         let e = parse(&v).unwrap_err().to_string();
-        assert!(e.contains("fullatt_block_indexes") && e.contains("depth is 2"), "{e}");
+        assert!(
+            e.contains("fullatt_block_indexes") && e.contains("depth is 2"),
+            "{e}"
+        );
 
         let mut v = tf4();
         v.as_object_mut().unwrap().remove("rope_scaling");

@@ -8,8 +8,10 @@
 //! - `candle` (feature `candle`): the differentiable reference implementation used for training.
 
 pub mod config;
+pub mod names;
 pub mod positions;
 pub mod preprocess;
+pub mod recipe;
 pub mod sampling;
 pub mod template;
 

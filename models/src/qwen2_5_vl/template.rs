@@ -127,7 +127,11 @@ impl ChatTokenizer {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let id = |t: &'static str| tokenizer.token_to_id(t).ok_or(TemplateError::MissingToken(t));
+        let id = |t: &'static str| {
+            tokenizer
+                .token_to_id(t)
+                .ok_or(TemplateError::MissingToken(t))
+        };
         Ok(Self {
             image_pad_id: id(IMAGE_PAD)?,
             im_end_id: id(IM_END)?,

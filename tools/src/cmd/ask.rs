@@ -70,12 +70,16 @@ pub fn run(args: AskArgs) -> Result<()> {
         }
         None => (None, Vec::new()),
     };
-    let image_tokens: Vec<usize> = grids.iter().map(|g| g[0] * g[1] * g[2] / (merge * merge)).collect();
+    let image_tokens: Vec<usize> = grids
+        .iter()
+        .map(|g| g[0] * g[1] * g[2] / (merge * merge))
+        .collect();
     let prompt = user_prompt(&args.question, args.image.is_some());
     let prompt_ids = tokenizer.encode_prompt(&prompt, &image_tokens)?;
 
     let mut cache = model.new_cache();
-    let (mut logits, rope_delta) = model.prefill(&prompt_ids, pixels.as_ref(), &grids, &mut cache)?;
+    let (mut logits, rope_delta) =
+        model.prefill(&prompt_ids, pixels.as_ref(), &grids, &mut cache)?;
     let stops = tokenizer.stop_tokens(&config.tokens.eos_token_ids);
     let mut sampler = Sampler::new(SamplingParams {
         temperature: args.temp,
@@ -95,7 +99,8 @@ pub fn run(args: AskArgs) -> Result<()> {
         if !args.json {
             // Decode the whole answer each time: byte-level BPE pieces are not valid UTF-8 alone.
             let text = tokenizer.decode(&generated, true)?;
-            if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}') {
+            if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}')
+            {
                 write!(stdout, "{}", &text[printed..])?;
                 stdout.flush()?;
                 printed = text.len();
