@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "anatomy", version, about = "Teach vision-language models surgical anatomy, and run them offline")]
+#[command(
+    name = "anatomy",
+    version,
+    about = "Teach vision-language models surgical anatomy, and run them offline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,6 +21,10 @@ struct Cli {
 enum Command {
     /// Ask a question about an image.
     Ask(cmd::ask::AskArgs),
+    /// Order a question file into ASCL curriculum stages by answer-choice similarity S(q).
+    Curriculum(cmd::curriculum::CurriculumArgs),
+    /// Write the GDQA variants of each question (rephrased, options permuted, answer kept).
+    Augment(cmd::augment::AugmentArgs),
     /// Convert an HF Qwen2.5-VL checkpoint into GGUF files (language model and vision projector).
     Convert(cmd::convert::ConvertArgs),
     /// Show a GGUF file's metadata and tensors.
@@ -27,6 +35,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ask(args) => cmd::ask::run(args),
+        Command::Curriculum(args) => cmd::curriculum::run(args),
+        Command::Augment(args) => cmd::augment::run(args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
     };

@@ -1,0 +1,96 @@
+//! Block formats of ggml: dequantization, quantization and dot products.
+//!
+//! - `types`: [`GgmlType`] ids and block geometry.
+//! - `dequant`: scalar block decoders for every supported type.
+//! - `quantize`: encoders (weights: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; activations:
+//!   Q8_0, Q8_1, Q8_K; plus F32/F16/BF16).
+//! - `search`: the scale searches the k-quant encoders use (llama.cpp's `make_qkx2_quants` and
+//!   `make_qx_quants`, reimplemented).
+//! - `dot`: scalar dot products of a weight row against its `vec_dot_type` activation row.
+//! - `avx2`: AVX2/FMA dot products for Q8_0, Q4_K and Q6_K, chosen at run time by [`dot::vec_dot`].
+//!   NEON paths for aarch64 are not written yet; aarch64 uses the scalar code.
+//!
+//! All functions work on byte slices holding whole blocks, in the exact layout GGUF stores, so a
+//! memory-mapped tensor row can be passed without copying.
+
+pub mod dequant;
+pub mod dot;
+pub mod quantize;
+pub mod search;
+pub mod types;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+pub use dequant::dequantize_row;
+pub use dot::{vec_dot, vec_dot_scalar};
+pub use quantize::quantize_row;
+pub use types::{GgmlType, QK, QK_K};
+
+/// Misuse of the row functions: a buffer whose length does not match the type's block geometry.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QuantError {
+    #[error("{ty}: {elements} elements are not a whole number of {block}-element blocks")]
+    PartialBlock {
+        ty: GgmlType,
+        elements: usize,
+        block: usize,
+    },
+    #[error("{ty}: {bytes} bytes given for {elements} elements, expected {expected}")]
+    ByteLength {
+        ty: GgmlType,
+        elements: usize,
+        bytes: usize,
+        expected: usize,
+    },
+    #[error(
+        "{weights} weights cannot be dotted with {activations} activations (expected {expected})"
+    )]
+    ActivationType {
+        weights: GgmlType,
+        activations: GgmlType,
+        expected: GgmlType,
+    },
+    #[error("no {op} for {ty}")]
+    Unsupported { ty: GgmlType, op: &'static str },
+}
+
+/// Checks that `bytes` holds exactly `elements` elements of `ty`.
+pub(crate) fn check_len(ty: GgmlType, elements: usize, bytes: usize) -> Result<(), QuantError> {
+    let block = ty.block_size();
+    if !elements.is_multiple_of(block) {
+        return Err(QuantError::PartialBlock {
+            ty,
+            elements,
+            block,
+        });
+    }
+    let expected = elements / block * ty.type_size();
+    if bytes != expected {
+        return Err(QuantError::ByteLength {
+            ty,
+            elements,
+            bytes,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a little-endian IEEE half at the start of `b`.
+#[inline]
+pub(crate) fn f16_at(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// Little-endian bytes of `x` rounded to IEEE half (round to nearest even, as `GGML_FP32_TO_FP16`).
+#[inline]
+pub(crate) fn f16_bytes(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_le_bytes()
+}
+
+/// ggml's `nearest_int`: round half to even, as the FPU does in its magic-number trick.
+#[inline]
+pub(crate) fn nearest_int(x: f32) -> i32 {
+    x.round_ties_even() as i32
+}
