@@ -6,6 +6,7 @@
 //! - `vision`: the window-attention vision tower and patch merger ([`VisionTower`]).
 //! - `rotary`: M-RoPE and vision rotary cos/sin tables.
 //! - `ops`: RMSNorm, rotate-half rotary, softmax attention with grouped KV heads.
+//! - `adapter`: LoRA adapters on the language model's linear layers, switchable as a whole.
 //! - `kv_cache`: the append-only per-layer KV [`Cache`].
 //! - `weights`: safetensors checkpoints (single or sharded, hub or transformers-5 key layout).
 //! - `error`: [`ModelError`].
@@ -18,6 +19,7 @@
 pub use candle_core;
 pub use candle_nn;
 
+pub mod adapter;
 pub mod error;
 pub mod kv_cache;
 pub mod model;
@@ -27,6 +29,7 @@ pub mod text;
 pub mod vision;
 pub mod weights;
 
+pub use adapter::{AdapterControl, LowRank};
 pub use error::ModelError;
 pub use kv_cache::Cache;
 pub use model::{argmax, Qwen25VL};

@@ -60,6 +60,11 @@ impl Qwen25VL {
         &self.text
     }
 
+    /// The language model, for attaching or merging adapters.
+    pub fn text_mut(&mut self) -> &mut TextModel {
+        &mut self.text
+    }
+
     pub fn vision(&self) -> &VisionTower {
         &self.vision
     }

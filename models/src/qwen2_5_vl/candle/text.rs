@@ -7,10 +7,12 @@
 //! it. Only ops with backward passes are used.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
+use super::adapter::{AdaptedLinear, AdapterControl, LowRank};
 use super::kv_cache::Cache;
 use super::ops::{apply_rotary, attention, compute_dtype, RmsNorm};
 use super::rotary::mrope_tables;
@@ -92,10 +94,10 @@ pub enum LogitsMode {
 
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: AdaptedLinear,
+    k_proj: AdaptedLinear,
+    v_proj: AdaptedLinear,
+    o_proj: AdaptedLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -105,11 +107,13 @@ impl SelfAttention {
     fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let linear =
+            |i, o, bias, name| candle_nn::linear_b(i, o, bias, vb.pp(name)).map(AdaptedLinear::new);
         Ok(SelfAttention {
-            q_proj: candle_nn::linear_b(h, heads * d, true, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_b(h, kv_heads * d, true, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_b(h, kv_heads * d, true, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_b(heads * d, h, false, vb.pp("o_proj"))?,
+            q_proj: linear(h, heads * d, true, "q_proj")?,
+            k_proj: linear(h, kv_heads * d, true, "k_proj")?,
+            v_proj: linear(h, kv_heads * d, true, "v_proj")?,
+            o_proj: linear(heads * d, h, false, "o_proj")?,
             heads,
             kv_heads,
             head_dim: d,
@@ -145,9 +149,9 @@ impl SelfAttention {
 /// SwiGLU MLP `down(silu(gate(x)) * up(x))`; the vision blocks use it with biases.
 #[derive(Debug, Clone)]
 pub(crate) struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: AdaptedLinear,
+    up_proj: AdaptedLinear,
+    down_proj: AdaptedLinear,
 }
 
 impl Mlp {
@@ -157,10 +161,12 @@ impl Mlp {
         bias: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let linear =
+            |i, o, name| candle_nn::linear_b(i, o, bias, vb.pp(name)).map(AdaptedLinear::new);
         Ok(Mlp {
-            gate_proj: candle_nn::linear_b(hidden, intermediate, bias, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_b(hidden, intermediate, bias, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_b(intermediate, hidden, bias, vb.pp("down_proj"))?,
+            gate_proj: linear(hidden, intermediate, "gate_proj")?,
+            up_proj: linear(hidden, intermediate, "up_proj")?,
+            down_proj: linear(intermediate, hidden, "down_proj")?,
         })
     }
 }
@@ -188,6 +194,7 @@ pub struct TextModel {
     norm: RmsNorm,
     lm_head: Linear,
     cfg: TextConfig,
+    adapters: Arc<AdapterControl>,
 }
 
 impl TextModel {
@@ -223,7 +230,73 @@ impl TextModel {
             norm,
             lm_head,
             cfg: cfg.clone(),
+            adapters: Arc::new(AdapterControl::default()),
         })
+    }
+
+    /// The linear layers adapters can attach to, as `layers.{i}.self_attn.{q,k,v,o}_proj` and
+    /// `layers.{i}.mlp.{gate,up,down}_proj` (the checkpoint's names under the text model's root).
+    pub fn linear_names(&self) -> Vec<String> {
+        (0..self.layers.len())
+            .flat_map(|i| {
+                LINEAR_SUFFIXES
+                    .iter()
+                    .map(move |s| format!("layers.{i}.{s}"))
+            })
+            .collect()
+    }
+
+    fn linear_mut(&mut self, name: &str) -> Option<&mut AdaptedLinear> {
+        let rest = name.strip_prefix("layers.")?;
+        let (i, suffix) = rest.split_once('.')?;
+        let layer = self.layers.get_mut(i.parse::<usize>().ok()?)?;
+        Some(match suffix {
+            "self_attn.q_proj" => &mut layer.self_attn.q_proj,
+            "self_attn.k_proj" => &mut layer.self_attn.k_proj,
+            "self_attn.v_proj" => &mut layer.self_attn.v_proj,
+            "self_attn.o_proj" => &mut layer.self_attn.o_proj,
+            "mlp.gate_proj" => &mut layer.mlp.gate_proj,
+            "mlp.up_proj" => &mut layer.mlp.up_proj,
+            "mlp.down_proj" => &mut layer.mlp.down_proj,
+            _ => return None,
+        })
+    }
+
+    /// `(in, out)` features of a linear layer named as in [`Self::linear_names`].
+    pub fn linear_dims(&mut self, name: &str) -> Result<(usize, usize)> {
+        match self.linear_mut(name) {
+            Some(l) => l.dims(),
+            None => candle_core::bail!("the language model has no linear layer {name:?}"),
+        }
+    }
+
+    /// Attaches (or replaces) the adapter of one linear layer.
+    pub fn set_adapter(&mut self, name: &str, lora: LowRank) -> Result<()> {
+        let control = self.adapters.clone();
+        match self.linear_mut(name) {
+            Some(l) => l.set_adapter(lora, control),
+            None => candle_core::bail!("the language model has no linear layer {name:?}"),
+        }
+    }
+
+    /// The switch shared by all adapters (on/off, dropout).
+    pub fn adapters(&self) -> &AdapterControl {
+        &self.adapters
+    }
+
+    /// Folds every adapter into its base weight; the model then runs without adapters.
+    pub fn merge_adapters(&mut self) -> Result<()> {
+        for name in self.linear_names() {
+            if let Some(l) = self.linear_mut(&name) {
+                l.merge()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The weight of a linear layer named as in [`Self::linear_names`] (after any merge).
+    pub fn linear_weight(&mut self, name: &str) -> Option<Tensor> {
+        self.linear_mut(name).map(|l| l.base().weight().clone())
     }
 
     pub fn config(&self) -> &TextConfig {
@@ -337,6 +410,16 @@ impl TextModel {
         self.logits(&hidden)
     }
 }
+
+const LINEAR_SUFFIXES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
 
 /// Additive mask `[l, past + l]`: new token `i` sees cached tokens and new tokens `<= i`.
 fn causal_mask(l: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {

@@ -1,0 +1,69 @@
+//! `anatomy train`: run SFT or a GRPO-family method from a `run.toml`, or resume a run, with a live
+//! progress bar (step, reward, accuracy, S(q), invalid-gradient ratio).
+
+use std::path::PathBuf;
+
+use anatomy_trainer::run::{RunConfig, Trainer};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// The run configuration (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set output_dir=runs/a --set lora.rank=4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+    resume: Option<PathBuf>,
+    /// No progress bar (one line per step on stderr instead).
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let mut trainer = match (&args.config, &args.resume) {
+        (Some(path), None) => {
+            let cfg = RunConfig::load(path, &args.set)?;
+            Trainer::new(cfg).context("starting the run")?
+        }
+        (None, Some(dir)) => {
+            if !args.set.is_empty() {
+                bail!("--set cannot change a resumed run: it continues with its own config.toml");
+            }
+            Trainer::resume(dir).with_context(|| format!("resuming {}", dir.display()))?
+        }
+        _ => bail!("pass --config <run.toml> or --resume <run-dir>"),
+    };
+    let total = trainer.config().steps as u64;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("static template"),
+    );
+    bar.set_position(trainer.step_index() as u64);
+    while !trainer.is_done() {
+        let r = trainer.step()?;
+        let sq = r.sq.map_or("-".to_string(), |s| format!("{s:.3}"));
+        let msg = format!(
+            "step {} reward {:.3} acc {:.3} S(q) {sq} invalid {:.2}",
+            r.step, r.reward, r.accuracy, r.invalid_ratio
+        );
+        if args.quiet {
+            eprintln!("{msg}");
+        }
+        bar.set_message(msg);
+        bar.inc(1);
+    }
+    bar.finish();
+    eprintln!("run written to {}", trainer.config().output_dir.display());
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Checkpoints: `checkpoint-<step>/` holding `adapter.safetensors` (PEFT key names),
+//! `optimizer.safetensors` (AdamW moments and step) and `state.json` (step, dropout stream, and the
+//! history a resume replays). Each is written into `checkpoint-<step>.tmp` and the directory renamed
+//! into place, then `latest` (the directory's name) is replaced the same way, so an interrupted
+//! write never leaves a half checkpoint that a resume would read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::RunError;
+
+/// One step's draws and outcomes, enough to rebuild the question sampler and the GDQA hardness
+/// tracker by replaying them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepHistory {
+    pub draws: Vec<usize>,
+    pub mean_reward: f32,
+    /// `(question id, rewards, accuracies)` of every group the hardness tracker saw.
+    pub groups: Vec<(String, Vec<f32>, Vec<f32>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub step: usize,
+    pub dropout_seed: u64,
+    /// The adapters' shape, so that a later run can load them as its `init`.
+    pub lora: crate::lora::LoraConfig,
+    pub history: Vec<StepHistory>,
+}
+
+pub struct Checkpoint {
+    pub adapter: HashMap<String, Tensor>,
+    pub optimizer: HashMap<String, Tensor>,
+    pub state: RunState,
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> RunError {
+    RunError::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Writes `checkpoint-<step>` under `run_dir` and points `latest` at it; removes older ones.
+pub fn save(run_dir: &Path, ck: &Checkpoint) -> Result<PathBuf, RunError> {
+    let name = format!("checkpoint-{:06}", ck.state.step);
+    let tmp = run_dir.join(format!("{name}.tmp"));
+    let dest = run_dir.join(&name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| RunError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| RunError::io(&tmp, e))?;
+    candle_core::safetensors::save(&ck.adapter, tmp.join("adapter.safetensors"))
+        .map_err(|e| err(&tmp, e))?;
+    candle_core::safetensors::save(&ck.optimizer, tmp.join("optimizer.safetensors"))
+        .map_err(|e| err(&tmp, e))?;
+    let state = serde_json::to_string(&ck.state).map_err(|e| err(&tmp, e))?;
+    std::fs::write(tmp.join("state.json"), state).map_err(|e| RunError::io(&tmp, e))?;
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).map_err(|e| RunError::io(&dest, e))?;
+    }
+    std::fs::rename(&tmp, &dest).map_err(|e| RunError::io(&dest, e))?;
+    let latest_tmp = run_dir.join("latest.tmp");
+    std::fs::write(&latest_tmp, &name).map_err(|e| RunError::io(&latest_tmp, e))?;
+    std::fs::rename(&latest_tmp, run_dir.join("latest")).map_err(|e| RunError::io(run_dir, e))?;
+    for entry in std::fs::read_dir(run_dir).map_err(|e| RunError::io(run_dir, e))? {
+        let path = entry.map_err(|e| RunError::io(run_dir, e))?.path();
+        let n = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if n.starts_with("checkpoint-") && n != name && !n.ends_with(".tmp") && path.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(|e| RunError::io(&path, e))?;
+        }
+    }
+    Ok(dest)
+}
+
+/// The checkpoint directory `latest` names in `run_dir`.
+pub fn latest(run_dir: &Path) -> Result<PathBuf, RunError> {
+    let p = run_dir.join("latest");
+    let name = std::fs::read_to_string(&p).map_err(|e| RunError::io(&p, e))?;
+    Ok(run_dir.join(name.trim()))
+}
+
+/// Reads a checkpoint directory.
+pub fn load(dir: &Path) -> Result<Checkpoint, RunError> {
+    let st = |f: &str| {
+        let p = dir.join(f);
+        candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| err(&p, e))
+    };
+    let sp = dir.join("state.json");
+    let text = std::fs::read_to_string(&sp).map_err(|e| RunError::io(&sp, e))?;
+    Ok(Checkpoint {
+        adapter: st("adapter.safetensors")?,
+        optimizer: st("optimizer.safetensors")?,
+        state: serde_json::from_str(&text).map_err(|e| err(&sp, e))?,
+    })
+}

@@ -1,0 +1,288 @@
+//! The run configuration (`run.toml`), with `--set key=value` overrides applied to the TOML before
+//! it is read, so an override is checked exactly like the file (unknown keys are errors).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::RunError;
+use crate::grpo::{Aggregation, Method, RewardScaling};
+use crate::lora::LoraConfig;
+use crate::optim::OptimConfig;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// HF checkpoint directory of the base model.
+    pub base: PathBuf,
+    /// Question file (Anatomy-R1 JSON, OmniMedVQA JSON or JSONL).
+    pub data: PathBuf,
+    #[serde(default)]
+    pub image_root: Option<PathBuf>,
+    pub output_dir: PathBuf,
+    #[serde(default)]
+    pub method: Method,
+    /// A checkpoint directory (e.g. an SFT run's `checkpoint`) whose adapters start this run.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    #[serde(default)]
+    pub seed: u64,
+    pub steps: usize,
+    /// Questions per optimizer step (each one a group of `group_size` rollouts).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_group")]
+    pub group_size: usize,
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    #[serde(default = "one")]
+    pub temperature: f64,
+    #[serde(default = "one")]
+    pub top_p: f64,
+    /// `f32`, `bf16` or `f16` for the base weights (adapters stay f32).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Write a checkpoint every this many steps (and at the end); 0 only at the end.
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    #[serde(default)]
+    pub lora: LoraConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub loss: LossOverrides,
+    #[serde(default)]
+    pub reward: RewardConfig,
+    #[serde(default)]
+    pub sft: SftConfig,
+    #[serde(default)]
+    pub ascl: AsclConfig,
+    #[serde(default)]
+    pub gdqa: GdqaConfig,
+}
+
+fn default_batch() -> usize {
+    4
+}
+fn default_group() -> usize {
+    8
+}
+fn default_max_new() -> usize {
+    256
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+/// Changes to the method's default loss.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossOverrides {
+    pub epsilon_low: Option<f64>,
+    pub epsilon_high: Option<f64>,
+    pub beta: Option<f64>,
+    pub kl_ratio_correction: Option<bool>,
+    pub aggregation: Option<Aggregation>,
+    pub scale_rewards: Option<RewardScaling>,
+    /// DAPO dynamic sampling: extra rounds of drawing when groups have no reward spread.
+    pub max_resamples: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    pub accuracy: f32,
+    pub format: f32,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        RewardConfig {
+            accuracy: 1.0,
+            format: 1.0,
+        }
+    }
+}
+
+/// What SFT trains the model to say.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// The reasoning text put between the think tags of the target.
+    pub think: String,
+    /// `correct` (the SFT baseline) or `random` (a letter drawn at random: teaches the answer
+    /// format and nothing about the answers, a warm start for GRPO).
+    pub answer: SftAnswer,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            think: "Looking at the image.".into(),
+            answer: SftAnswer::Correct,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SftAnswer {
+    Correct,
+    Random,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsclConfig {
+    pub enabled: bool,
+    /// `policy`, `policy:<dir>`, `bert:<dir>` or `matrix:<file>`.
+    pub embedder: String,
+    pub stages: usize,
+    /// Steps per stage.
+    pub stage_steps: usize,
+    pub replay: f32,
+}
+
+impl Default for AsclConfig {
+    fn default() -> Self {
+        AsclConfig {
+            enabled: false,
+            embedder: "policy".into(),
+            stages: 3,
+            stage_steps: 100,
+            replay: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GdqaConfig {
+    pub enabled: bool,
+    /// Variants a hard question's group is spread over.
+    pub variants: usize,
+    /// Augment every question, not only hard ones.
+    pub always: bool,
+    /// Also hard when the rolling accuracy is below this.
+    pub accuracy_below: Option<f32>,
+}
+
+impl Default for GdqaConfig {
+    fn default() -> Self {
+        GdqaConfig {
+            enabled: false,
+            variants: 4,
+            always: false,
+            accuracy_below: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path` and applies `overrides` (`key.path=value`, the value a TOML literal or else a
+    /// bare string).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, RunError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RunError::io(path, e))?;
+        Self::parse(&text, overrides).map_err(|e| match e {
+            RunError::Config(m) => RunError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self, RunError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| RunError::Config(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: RunConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| RunError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), RunError> {
+        let bad = |m: &str| Err(RunError::Config(m.to_string()));
+        if self.steps == 0 || self.batch_size == 0 {
+            return bad("steps and batch_size must be positive");
+        }
+        if self.method.is_rl() && self.group_size < 2 {
+            return bad("group_size must be at least 2 for a group-relative method");
+        }
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens must be positive");
+        }
+        if !["f32", "bf16", "f16"].contains(&self.dtype.as_str()) {
+            return bad("dtype must be f32, bf16 or f16");
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), RunError> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| RunError::Config(format!("--set {spec}: expected key=value")))?;
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let mut t = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| RunError::Config(format!("--set {key}: {p} is not a section")))?;
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+base = "m"
+data = "d.jsonl"
+output_dir = "out"
+steps = 10
+method = "dapo"
+[lora]
+rank = 4
+"#;
+
+    #[test]
+    fn overrides_apply_before_checking() {
+        let c = RunConfig::parse(
+            BASE,
+            &[
+                "lora.rank=2".into(),
+                "output_dir=/tmp/x".into(),
+                "gdqa.enabled=true".into(),
+                "optim.lr=0.001".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.lora.rank, 2);
+        assert_eq!(c.output_dir, PathBuf::from("/tmp/x"));
+        assert!(c.gdqa.enabled);
+        assert_eq!(c.optim.lr, 1e-3);
+        assert_eq!(c.method, Method::Dapo);
+        assert!(RunConfig::parse(BASE, &["lora.rnak=2".into()]).is_err());
+        assert!(RunConfig::parse(BASE, &["group_size=1".into()]).is_err());
+        let again = RunConfig::parse(&c.to_toml(), &[]).unwrap();
+        assert_eq!(again, c);
+    }
+}

@@ -1,0 +1,612 @@
+//! [`Trainer`]: one optimizer step at a time. A GRPO-family step draws `batch_size` questions
+//! (from the curriculum when ASCL is on), spreads a hard question's group of G rollouts over GDQA
+//! variants, samples the completions (the image through the vision tower once, each prompt once,
+//! its KV cache shared by its samples), scores them, computes group advantages over the whole
+//! group, and accumulates the loss's gradients prompt by prompt before one clipped AdamW update.
+//! An SFT step accumulates the answer cross-entropy instead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anatomy_models::qwen2_5_vl::candle::Qwen25VL;
+use anatomy_models::qwen2_5_vl::config::load_preprocess_params;
+use anatomy_models::qwen2_5_vl::positions::GridThw;
+use anatomy_models::qwen2_5_vl::preprocess::{preprocess_file, PreprocessParams};
+use anatomy_models::qwen2_5_vl::sampling::{Sampler, SamplingParams};
+use anatomy_models::qwen2_5_vl::template::{user_prompt, ChatTokenizer};
+use candle_core::{DType, Device, Tensor};
+
+use super::checkpoint::{self, Checkpoint, RunState, StepHistory};
+use super::config::{RunConfig, SftAnswer};
+use super::record::StepRecord;
+use super::sampling::QuestionSampler;
+use super::RunError;
+use crate::ascl::curriculum::{split_stages, Curriculum, CurriculumConfig, Pacing};
+use crate::ascl::similarity::{all_similarities, Aggregate};
+use crate::ascl::SimilaritySource;
+use crate::data::{self, prompt, Question};
+use crate::gdqa::hardness::{HardnessConfig, HardnessTracker};
+use crate::gdqa::metrics::{invalid_gradient_ratio, GroupOutcome, DEFAULT_TOLERANCE};
+use crate::gdqa::variants::{make_variants, spread_group};
+use crate::grpo::{
+    self, completion_logps, gpg_scale, sft_loss, Completion, DynamicSampling, LossConfig,
+    LossInputs, Method, Objective, Prompt, RewardScaling, RolloutConfig, Window,
+};
+use crate::lora::Lora;
+use crate::optim::{clip_grad_norm, learning_rate, AdamW, GradAccumulator};
+use crate::reward::{rewards, RewardWeights};
+use crate::rng::{hash_str, SplitMix64};
+
+/// One question's group: the variants asked, which variant each rollout answered, the completions
+/// and their rewards.
+struct Group {
+    question: usize,
+    variants: Vec<Question>,
+    assign: Vec<usize>,
+    completions: Vec<Completion>,
+    totals: Vec<f32>,
+    accuracies: Vec<f32>,
+    formats: Vec<f32>,
+}
+
+pub struct Trainer {
+    cfg: RunConfig,
+    run_dir: PathBuf,
+    model: Qwen25VL,
+    tok: ChatTokenizer,
+    params: PreprocessParams,
+    questions: Vec<Question>,
+    sq: Option<Vec<f32>>,
+    lora: Lora,
+    opt: AdamW,
+    sampler: QuestionSampler,
+    tracker: HardnessTracker,
+    images: HashMap<PathBuf, (Tensor, GridThw)>,
+    stop: Vec<u32>,
+    loss_cfg: LossConfig,
+    scaling: RewardScaling,
+    dynamic: Option<DynamicSampling>,
+    history: Vec<StepHistory>,
+    step: usize,
+}
+
+impl Trainer {
+    /// Starts a run in `cfg.output_dir`: writes the resolved `config.toml` and an empty
+    /// `metrics.jsonl`.
+    pub fn new(cfg: RunConfig) -> Result<Self, RunError> {
+        let dir = cfg.output_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| RunError::io(&dir, e))?;
+        let cfg_path = dir.join("config.toml");
+        std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| RunError::io(&cfg_path, e))?;
+        let metrics = dir.join("metrics.jsonl");
+        std::fs::write(&metrics, "").map_err(|e| RunError::io(&metrics, e))?;
+        Self::build(cfg, dir)
+    }
+
+    /// Continues the run in `run_dir` from its latest checkpoint, with the config it was started
+    /// with; the metrics lines after the checkpoint are dropped (they are written again).
+    pub fn resume(run_dir: &Path) -> Result<Self, RunError> {
+        let cfg = RunConfig::load(&run_dir.join("config.toml"), &[])?;
+        let ck_dir = checkpoint::latest(run_dir)?;
+        let ck = checkpoint::load(&ck_dir)?;
+        let mut t = Self::build(cfg, run_dir.to_path_buf())?;
+        t.lora.load_tensors(&ck.adapter, &ck_dir)?;
+        t.opt.load_state(&ck.optimizer)?;
+        t.model
+            .text()
+            .adapters()
+            .set_dropout_seed(ck.state.dropout_seed);
+        for h in &ck.state.history {
+            for &n in &h.draws {
+                t.sampler.draw(n);
+            }
+            for (id, r, a) in &h.groups {
+                t.tracker.record(id, r, a);
+            }
+            t.sampler.record(h.mean_reward);
+        }
+        t.history = ck.state.history;
+        t.step = ck.state.step;
+        let metrics = run_dir.join("metrics.jsonl");
+        let kept: Vec<String> = std::fs::read_to_string(&metrics)
+            .map_err(|e| RunError::io(&metrics, e))?
+            .lines()
+            .take(t.step)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&metrics, kept.concat()).map_err(|e| RunError::io(&metrics, e))?;
+        Ok(t)
+    }
+
+    fn build(cfg: RunConfig, run_dir: PathBuf) -> Result<Self, RunError> {
+        let device = Device::Cpu;
+        let dtype = match cfg.dtype.as_str() {
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            _ => DType::F32,
+        };
+        let mut model = Qwen25VL::load(&cfg.base, dtype, &device)?;
+        let tok = ChatTokenizer::from_dir(&cfg.base)?;
+        let params = load_preprocess_params(&cfg.base)?;
+        let opts = data::LoadOptions {
+            image_root: cfg.image_root.clone(),
+            skip_bad: false,
+        };
+        let questions = data::load(&cfg.data, &opts)?.questions;
+        if questions.is_empty() {
+            return Err(RunError::Config(format!(
+                "{}: no questions",
+                cfg.data.display()
+            )));
+        }
+        let sq = if cfg.ascl.enabled {
+            let sim = SimilaritySource::parse(&cfg.ascl.embedder)?.load(Some(&cfg.base))?;
+            Some(all_similarities(&questions, sim.as_ref(), Aggregate::Mean)?)
+        } else {
+            None
+        };
+        let sampler = match &sq {
+            Some(sq) => {
+                let stages = split_stages(sq, cfg.ascl.stages)?;
+                let cc = CurriculumConfig {
+                    pacing: Pacing::Steps(cfg.ascl.stage_steps.max(1)),
+                    replay: cfg.ascl.replay,
+                    seed: cfg.seed,
+                };
+                QuestionSampler::Curriculum(Box::new(Curriculum::new(stages, cc)?))
+            }
+            None => QuestionSampler::epochs(questions.len(), cfg.seed),
+        };
+        if let Some(init) = &cfg.init {
+            // The warm start becomes the base: merged, so that the adapters trained now start from
+            // it and the reference policy (adapters off) is the warm-started model, not the raw one.
+            let ck = checkpoint::load(init)?;
+            let warm = Lora::attach(&mut model, &ck.state.lora, 0)?;
+            warm.load_tensors(&ck.adapter, init)?;
+            warm.merge(&mut model)?;
+        }
+        let lora = Lora::attach(&mut model, &cfg.lora, cfg.seed ^ 0x10a)?;
+        model.text().adapters().set_training(true);
+        let opt = AdamW::new(lora.vars(), &cfg.optim)?;
+        let tracker = HardnessTracker::new(HardnessConfig {
+            always: cfg.gdqa.always,
+            accuracy_below: cfg.gdqa.accuracy_below,
+            ..HardnessConfig::default()
+        });
+        let stop = tok.stop_tokens(&model.config().tokens.eos_token_ids);
+        let mut loss_cfg = cfg.method.loss_config(cfg.max_new_tokens);
+        let o = &cfg.loss;
+        loss_cfg.epsilon_low = o.epsilon_low.unwrap_or(loss_cfg.epsilon_low);
+        loss_cfg.epsilon_high = o.epsilon_high.unwrap_or(loss_cfg.epsilon_high);
+        loss_cfg.beta = o.beta.unwrap_or(loss_cfg.beta);
+        loss_cfg.kl_ratio_correction = o.kl_ratio_correction.unwrap_or(false);
+        loss_cfg.aggregation = o.aggregation.unwrap_or(loss_cfg.aggregation);
+        let scaling = o.scale_rewards.unwrap_or(cfg.method.reward_scaling());
+        let dynamic = cfg.method.dynamic_sampling().then(|| DynamicSampling {
+            max_resamples: o.max_resamples.unwrap_or(3),
+            tolerance: DEFAULT_TOLERANCE,
+        });
+        Ok(Trainer {
+            cfg,
+            run_dir,
+            model,
+            tok,
+            params,
+            questions,
+            sq,
+            lora,
+            opt,
+            sampler,
+            tracker,
+            images: HashMap::new(),
+            stop,
+            loss_cfg,
+            scaling,
+            dynamic,
+            history: Vec::new(),
+            step: 0,
+        })
+    }
+
+    pub fn config(&self) -> &RunConfig {
+        &self.cfg
+    }
+
+    /// Steps taken so far.
+    pub fn step_index(&self) -> usize {
+        self.step
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step >= self.cfg.steps
+    }
+
+    pub fn model(&self) -> &Qwen25VL {
+        &self.model
+    }
+
+    /// The vision tower's output for an image, computed once per image.
+    fn image(&mut self, path: &Path) -> Result<(Tensor, GridThw), RunError> {
+        if let Some(v) = self.images.get(path) {
+            return Ok(v.clone());
+        }
+        let img = preprocess_file(path, &self.params)?;
+        let pixels = Tensor::from_slice(
+            &img.pixel_values,
+            (img.n_patches, img.patch_dim),
+            self.model.device(),
+        )?
+        .to_dtype(self.model.dtype())?;
+        let embeds = self
+            .model
+            .vision_forward(&pixels, &[img.grid_thw])?
+            .detach();
+        self.images
+            .insert(path.to_path_buf(), (embeds.clone(), img.grid_thw));
+        Ok((embeds, img.grid_thw))
+    }
+
+    fn prompt(&mut self, q: &Question) -> Result<Prompt, RunError> {
+        let (embeds, grid) = self.image(&q.image)?;
+        let merge = self.model.config().vision.spatial_merge_size;
+        let text = user_prompt(&prompt::render(q), true);
+        let ids = self
+            .tok
+            .encode_prompt(&text, &[grid[0] * grid[1] * grid[2] / (merge * merge)])?;
+        Ok(Prompt::with_image_embeds(
+            &self.model,
+            &ids,
+            Some(&embeds),
+            &[grid],
+        )?)
+    }
+
+    /// Rolls out one group per question index.
+    fn groups(&mut self, indices: &[usize], salt: u64) -> Result<Vec<Group>, RunError> {
+        let g = self.cfg.group_size;
+        let mut out = Vec::with_capacity(indices.len());
+        for (slot, &qi) in indices.iter().enumerate() {
+            let q = self.questions[qi].clone();
+            let seed = self.cfg.seed
+                ^ hash_str(&q.id)
+                ^ (self.step as u64).wrapping_mul(0x9E37_79B9)
+                ^ (salt << 32)
+                ^ slot as u64;
+            let k = self.cfg.gdqa.variants.max(1);
+            let variants = if self.cfg.gdqa.enabled && k > 1 && self.tracker.is_hard(&q.id) {
+                make_variants(&q, k, seed)
+            } else {
+                vec![q.clone()]
+            };
+            let assign = spread_group(g, variants.len());
+            let mut completions = vec![None; g];
+            for (v, variant) in variants.iter().enumerate() {
+                let n = assign.iter().filter(|&&a| a == v).count();
+                if n == 0 {
+                    continue;
+                }
+                let prompt = self.prompt(variant)?;
+                let mut sampler = Sampler::new(SamplingParams {
+                    temperature: self.cfg.temperature as f32,
+                    top_p: self.cfg.top_p as f32,
+                    seed: seed ^ ((v as u64) << 48),
+                });
+                let rc = RolloutConfig {
+                    temperature: self.cfg.temperature as f32,
+                    top_p: self.cfg.top_p as f32,
+                    max_new_tokens: self.cfg.max_new_tokens,
+                    stop: self.stop.clone(),
+                };
+                let mut samples = grpo::rollout(&self.model, &prompt, n, &rc, &mut sampler)?;
+                for (i, a) in assign.iter().enumerate() {
+                    if *a == v {
+                        completions[i] = samples.pop();
+                    }
+                }
+            }
+            let completions: Vec<Completion> = completions.into_iter().flatten().collect();
+            let weights = RewardWeights {
+                accuracy: self.cfg.reward.accuracy,
+                format: self.cfg.reward.format,
+            };
+            let (mut totals, mut accuracies, mut formats) = (vec![], vec![], vec![]);
+            for (c, &a) in completions.iter().zip(&assign) {
+                let text = self.tok.decode(c.text_tokens(), false)?;
+                let r = rewards(&text, &variants[a], weights);
+                totals.push(r.total);
+                accuracies.push(r.accuracy);
+                formats.push(r.format);
+            }
+            out.push(Group {
+                question: qi,
+                variants,
+                assign,
+                completions,
+                totals,
+                accuracies,
+                formats,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes one optimizer step and appends its line to `metrics.jsonl`; writes a checkpoint when
+    /// one is due.
+    pub fn step(&mut self) -> Result<StepRecord, RunError> {
+        let record = match self.cfg.method {
+            Method::Sft => self.sft_step()?,
+            _ => self.rl_step()?,
+        };
+        let path = self.run_dir.join("metrics.jsonl");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| RunError::io(&path, e))?;
+        let line = serde_json::to_string(&record).map_err(|e| RunError::Checkpoint {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        writeln!(f, "{line}").map_err(|e| RunError::io(&path, e))?;
+        self.step += 1;
+        let every = self.cfg.checkpoint_every;
+        if self.is_done() || (every > 0 && self.step.is_multiple_of(every)) {
+            self.save()?;
+        }
+        Ok(record)
+    }
+
+    /// Writes a checkpoint of the current step.
+    pub fn save(&self) -> Result<PathBuf, RunError> {
+        checkpoint::save(
+            &self.run_dir,
+            &Checkpoint {
+                adapter: self.lora.tensors(),
+                optimizer: self.opt.state()?,
+                state: RunState {
+                    step: self.step,
+                    dropout_seed: self.model.text().adapters().dropout_seed(),
+                    lora: self.cfg.lora.clone(),
+                    history: self.history.clone(),
+                },
+            },
+        )
+    }
+
+    fn apply(&mut self, acc: &mut GradAccumulator) -> Result<(f64, f64), RunError> {
+        let mut grads = acc.take()?;
+        let norm = clip_grad_norm(&mut grads, self.cfg.optim.max_grad_norm)?;
+        let lr = learning_rate(&self.cfg.optim, self.step, self.cfg.steps);
+        self.opt.step(&grads, lr)?;
+        Ok((norm, lr))
+    }
+
+    fn rl_step(&mut self) -> Result<StepRecord, RunError> {
+        let want = self.cfg.batch_size;
+        let mut draws = Vec::new();
+        let mut all_outcomes: Vec<(String, Vec<f32>)> = Vec::new();
+        let mut drawn: Vec<Group> = Vec::new();
+        let groups = match self.dynamic {
+            Some(policy) => {
+                let filled = policy.fill(
+                    want,
+                    |round, n| {
+                        draws.push(n);
+                        let idx = self.sampler.draw(n);
+                        self.groups(&idx, round as u64)
+                    },
+                    |g: &Group| &g.totals,
+                )?;
+                filled.groups
+            }
+            None => {
+                draws.push(want);
+                let idx = self.sampler.draw(want);
+                self.groups(&idx, 0)?
+            }
+        };
+        drawn.extend(groups);
+        for g in &drawn {
+            let q = &self.questions[g.question];
+            all_outcomes.push((q.answer_text().to_string(), g.totals.clone()));
+        }
+        let outcomes: Vec<GroupOutcome> = all_outcomes
+            .iter()
+            .map(|(c, r)| GroupOutcome {
+                class: c,
+                rewards: r,
+            })
+            .collect();
+        let invalid = invalid_gradient_ratio(&outcomes, DEFAULT_TOLERANCE);
+
+        let g = self.cfg.group_size;
+        let rewards_flat: Vec<f32> = drawn.iter().flat_map(|g| g.totals.clone()).collect();
+        let mut adv = grpo::advantages(&rewards_flat, g, self.scaling)?;
+        if self.loss_cfg.objective == Objective::PolicyGradient {
+            let s = gpg_scale(&rewards_flat, g, DEFAULT_TOLERANCE);
+            adv.iter_mut().for_each(|a| *a *= s);
+        }
+        let tokens: usize = drawn
+            .iter()
+            .flat_map(|g| g.completions.iter().map(|c| c.tokens.len()))
+            .sum();
+        let micro: usize = drawn.iter().map(|g| g.variants.len()).sum();
+        let window = Window {
+            accumulation_steps: micro,
+            tokens,
+        };
+        let mut acc = GradAccumulator::new(self.lora.vars());
+        let (mut loss_sum, mut kl_sum, mut kl_tokens, mut clip_sum) = (0.0, 0.0, 0.0, 0.0);
+        for (gi, group) in drawn.iter().enumerate() {
+            for (v, variant) in group.variants.iter().enumerate() {
+                let members: Vec<usize> = (0..g).filter(|&i| group.assign[i] == v).collect();
+                if members.is_empty() {
+                    continue;
+                }
+                let prompt = self.prompt(variant)?;
+                let seqs: Vec<&[u32]> = members
+                    .iter()
+                    .map(|&i| group.completions[i].tokens.as_slice())
+                    .collect();
+                let a: Vec<f32> = members.iter().map(|&i| adv[gi * g + i]).collect();
+                let a = Tensor::new(a, self.model.device())?;
+                let reference = if self.loss_cfg.beta != 0.0 {
+                    let adapters = self.model.text().adapters();
+                    adapters.set_enabled(false);
+                    let r = completion_logps(&self.model, &prompt, &seqs, self.cfg.temperature);
+                    adapters.set_enabled(true);
+                    Some(r?.0.detach())
+                } else {
+                    None
+                };
+                let (logps, mask) =
+                    completion_logps(&self.model, &prompt, &seqs, self.cfg.temperature)?;
+                let out = grpo::loss(
+                    &self.loss_cfg,
+                    &LossInputs {
+                        logps: &logps,
+                        old_logps: None,
+                        ref_logps: reference.as_ref(),
+                        advantages: &a,
+                        mask: &mask,
+                    },
+                    window,
+                )?;
+                let n_tok: f64 = seqs.iter().map(|s| s.len() as f64).sum();
+                loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if let Some(kl) = out.kl {
+                    kl_sum += kl * n_tok;
+                    kl_tokens += n_tok;
+                }
+                clip_sum += out.clip_ratio * n_tok;
+                acc.add(&out.loss.backward()?)?;
+            }
+        }
+        let (grad_norm, lr) = self.apply(&mut acc)?;
+
+        let n = rewards_flat.len().max(1) as f32;
+        let mean = |v: &dyn Fn(&Group) -> &Vec<f32>| {
+            drawn.iter().flat_map(|g| v(g).iter()).sum::<f32>() / n
+        };
+        let reward = mean(&|g| &g.totals);
+        let batch: Vec<usize> = drawn.iter().map(|g| g.question).collect();
+        let record = StepRecord {
+            step: self.step,
+            reward,
+            accuracy: mean(&|g| &g.accuracies),
+            format_reward: mean(&|g| &g.formats),
+            sq: self
+                .sq
+                .as_ref()
+                .and_then(|sq| crate::ascl::curriculum::mean_sq(&batch, sq)),
+            invalid_ratio: invalid.ratio,
+            invalid_per_class: invalid
+                .per_class
+                .iter()
+                .map(|(k, v)| (k.clone(), v.ratio))
+                .collect::<BTreeMap<_, _>>(),
+            kl: (kl_tokens > 0.0).then(|| kl_sum / kl_tokens),
+            loss: loss_sum,
+            completion_len: tokens as f32 / n,
+            lr,
+            stage: self.sampler.stage(),
+            grad_norm,
+            clip_ratio: clip_sum / tokens.max(1) as f64,
+        };
+        let mut groups_log = Vec::new();
+        for grp in &drawn {
+            let id = self.questions[grp.question].id.clone();
+            self.tracker.record(&id, &grp.totals, &grp.accuracies);
+            groups_log.push((id, grp.totals.clone(), grp.accuracies.clone()));
+        }
+        self.sampler.record(reward);
+        self.history.push(StepHistory {
+            draws,
+            mean_reward: reward,
+            groups: groups_log,
+        });
+        Ok(record)
+    }
+
+    /// The SFT target: the think block, then the answer letter (correct or, for a format-only warm
+    /// start, drawn at random), then the end-of-turn token.
+    fn sft_target(&self, q: &Question, rng: &mut SplitMix64) -> Result<Vec<u32>, RunError> {
+        let answer = match self.cfg.sft.answer {
+            SftAnswer::Correct => q.answer,
+            SftAnswer::Random => rng.below(q.options.len()),
+        };
+        let text = format!(
+            "<think>{}</think> <answer>{}</answer>",
+            self.cfg.sft.think,
+            data::letter(answer)
+        );
+        let mut ids = self.tok.encode(&text)?;
+        ids.push(self.tok.im_end_id);
+        Ok(ids)
+    }
+
+    fn sft_step(&mut self) -> Result<StepRecord, RunError> {
+        let n = self.cfg.batch_size;
+        let idx = self.sampler.draw(n);
+        let mut rng = SplitMix64::new(self.cfg.seed ^ (self.step as u64).wrapping_mul(0x51_7cc1));
+        let mut acc = GradAccumulator::new(self.lora.vars());
+        let mut loss_sum = 0.0;
+        let (mut acc_r, mut fmt_r, mut total_r, mut len) = (0.0, 0.0, 0.0, 0usize);
+        let weights = RewardWeights {
+            accuracy: self.cfg.reward.accuracy,
+            format: self.cfg.reward.format,
+        };
+        for &qi in &idx {
+            let q = self.questions[qi].clone();
+            let prompt = self.prompt(&q)?;
+            let target = self.sft_target(&q, &mut rng)?;
+            let loss = (sft_loss(&self.model, &prompt, &target)? / n as f64)?;
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            acc.add(&loss.backward()?)?;
+            // What the model answers now, greedily, for the reward and accuracy columns.
+            let rc = RolloutConfig {
+                temperature: 0.0,
+                top_p: 1.0,
+                max_new_tokens: self.cfg.max_new_tokens,
+                stop: self.stop.clone(),
+            };
+            let mut greedy = Sampler::new(SamplingParams::default());
+            let c = grpo::rollout(&self.model, &prompt, 1, &rc, &mut greedy)?.remove(0);
+            let text = self.tok.decode(c.text_tokens(), false)?;
+            let r = rewards(&text, &q, weights);
+            acc_r += r.accuracy;
+            fmt_r += r.format;
+            total_r += r.total;
+            len += c.tokens.len();
+        }
+        let (grad_norm, lr) = self.apply(&mut acc)?;
+        let k = n as f32;
+        let batch = idx.clone();
+        self.sampler.record(total_r / k);
+        self.history.push(StepHistory {
+            draws: vec![n],
+            mean_reward: total_r / k,
+            groups: Vec::new(),
+        });
+        Ok(StepRecord {
+            step: self.step,
+            reward: total_r / k,
+            accuracy: acc_r / k,
+            format_reward: fmt_r / k,
+            sq: self
+                .sq
+                .as_ref()
+                .and_then(|sq| crate::ascl::curriculum::mean_sq(&batch, sq)),
+            invalid_ratio: 0.0,
+            invalid_per_class: BTreeMap::new(),
+            kl: None,
+            loss: loss_sum,
+            completion_len: len as f32 / k,
+            lr,
+            stage: self.sampler.stage(),
+            grad_norm,
+            clip_ratio: 0.0,
+        })
+    }
+}
