@@ -75,8 +75,9 @@ pub fn convert(
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
-    let lm_meta = metadata::language(&cfg, dir, &name, recipe)?;
+    let mut lm_meta = metadata::language(&cfg, dir, &name, recipe)?;
     let lm = plan(&weights, &cfg, GgufFileKind::Language, recipe)?;
+    lm_meta.push(("general.size_label".into(), size_label(&lm)));
     write(out, &lm_meta, lm, &weights, progress)?;
     if let Some(path) = mmproj {
         let pre = load_preprocess_params(dir)?;
@@ -91,11 +92,21 @@ pub fn convert(
             Recipe::Q8_0 => 7,
             Recipe::F16 | Recipe::Q4KM | Recipe::Q5KM => 1,
         };
-        let meta = metadata::mmproj(&cfg, &pre, &name, file_type)?;
+        let mut meta = metadata::mmproj(&cfg, &pre, &name, file_type)?;
         let mm = plan(&weights, &cfg, GgufFileKind::Mmproj, recipe)?;
+        meta.push(("general.size_label".into(), size_label(&mm)));
         write(path, &meta, mm, &weights, progress)?;
     }
     Ok(())
+}
+
+/// llama.cpp's size label of one file: the elements of the tensors it holds.
+fn size_label(plan: &[Planned]) -> OwnedValue {
+    metadata::size_label(
+        plan.iter()
+            .map(|p| p.tensor.shape.iter().product::<u64>())
+            .sum(),
+    )
 }
 
 fn ggml_type(t: StoreType) -> GgmlType {

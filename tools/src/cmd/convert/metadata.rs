@@ -30,6 +30,31 @@ fn general(m: &mut Meta, arch: &str, kind: &str, name: &str, file_type: u32) {
     put(m, "general.quantization_version", OwnedValue::U32(2));
 }
 
+/// `general.size_label` as llama.cpp's converter writes it (gguf-py's
+/// `model_weight_count_rounded_notation` of the file's element count, two significant digits at
+/// least: "95K", "7.6B"), so file names and model cards built from it read the same.
+pub fn size_label(params: u64) -> OwnedValue {
+    let p = params as f64;
+    let (scaled, suffix) = if p > 1e12 {
+        (p * 1e-12, "T")
+    } else if p > 1e9 {
+        (p * 1e-9, "B")
+    } else if p > 1e6 {
+        (p * 1e-6, "M")
+    } else {
+        (p * 1e-3, "K")
+    };
+    // Python's round() is half-to-even; `lstrip('0')` makes a rounded 0 count as no digits.
+    let rounded = scaled.round_ties_even() as u64;
+    let digits = if rounded == 0 {
+        0
+    } else {
+        rounded.to_string().len()
+    };
+    let fix = 2usize.saturating_sub(digits);
+    OwnedValue::String(format!("{scaled:.fix$}{suffix}"))
+}
+
 /// Metadata of the language-model file.
 pub fn language(cfg: &Config, dir: &Path, name: &str, recipe: Recipe) -> Result<Meta> {
     let t = &cfg.text;
@@ -277,4 +302,24 @@ fn tokenizer(m: &mut Meta, cfg: &Config, dir: &Path) -> Result<()> {
         put(m, "tokenizer.chat_template", OwnedValue::String(t));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_label_matches_gguf_py() {
+        // Expected strings from gguf-py's `size_label(n, n, 0, 0)`.
+        for (n, want) in [
+            (94_784, "95K"),
+            (80_480, "80K"),
+            (400, "0.40K"),
+            (3_754_622_976, "3.8B"),
+            (8_292_166_656, "8.3B"),
+            (12_345_678, "12M"),
+        ] {
+            assert_eq!(size_label(n), OwnedValue::String(want.into()), "{n}");
+        }
+    }
 }

@@ -1,0 +1,102 @@
+//! Throughput of the weight-row dot-product kernels (`anatomy_runtime::quant::vec_dot`, the
+//! dispatching entry: AVX2/FMA where the CPU has it) per storage type, at the row lengths of
+//! Qwen2.5-VL's matrices (2048: the 3B hidden size; 11008: the 3B FFN width), over a ~64 MB
+//! weight matrix so that every iteration streams the weights from DRAM as a matrix-vector
+//! product does. Throughput is in bytes of weights read; `memory_read` sums a buffer of the same
+//! size in the same run, the ceiling a kernel that only reads memory could reach on this machine.
+//!
+//! `cargo bench --bench quant_dot` (add `-- --quick` for a short run).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use anatomy_runtime::quant::quantize::quantize_to_vec;
+use anatomy_runtime::quant::{vec_dot, GgmlType};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// Weight bytes per benchmark: far beyond L2 and any L3 of the machines we target.
+const MATRIX_BYTES: usize = 64 << 20;
+/// Distinct rows actually quantized; the matrix repeats them, since what the kernels take time on
+/// does not depend on the values and quantizing 64 MB per type would dominate the run.
+const UNIQUE_ROWS: usize = 64;
+
+const TYPES: [GgmlType; 6] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// Deterministic values in [-1, 1) (xorshift), enough to exercise every quantization level.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// A matrix of `MATRIX_BYTES` (rounded down to whole rows) of `ty` rows of length `n`, and an
+/// activation row in the type the kernel pairs with it.
+fn setup(ty: GgmlType, n: usize) -> (Vec<u8>, usize, Vec<u8>) {
+    let row_bytes = ty.bytes_for(n as u64).expect("whole blocks") as usize;
+    let unique = quantize_to_vec(ty, &values(n * UNIQUE_ROWS, 7)).expect("quantize weights");
+    let rows = MATRIX_BYTES / row_bytes;
+    let mut matrix = Vec::with_capacity(rows * row_bytes);
+    while matrix.len() < rows * row_bytes {
+        let take = (rows * row_bytes - matrix.len()).min(unique.len());
+        matrix.extend_from_slice(&unique[..take]);
+    }
+    let act = quantize_to_vec(ty.vec_dot_type(), &values(n, 11)).expect("quantize activations");
+    (matrix, row_bytes, act)
+}
+
+/// Reads every byte once (8 independent u64 lanes, which the compiler vectorises).
+fn sum_bytes(buf: &[u8]) -> u64 {
+    let mut acc = [0u64; 8];
+    let chunks = buf.chunks_exact(64);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, w) in acc.iter_mut().zip(c.chunks_exact(8)) {
+            *a = a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+        }
+    }
+    let rest: u64 = tail.iter().map(|&b| b as u64).sum();
+    acc.iter().fold(rest, |s, &a| s.wrapping_add(a))
+}
+
+fn bench(c: &mut Criterion) {
+    for n in [2048usize, 11008] {
+        let mut g = c.benchmark_group(format!("quant_dot/{n}"));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        let baseline: Vec<u8> = (0..MATRIX_BYTES).map(|i| (i * 31 + 7) as u8).collect();
+        let baseline = baseline.as_slice();
+        g.throughput(Throughput::Bytes(baseline.len() as u64));
+        g.bench_function("memory_read", |b| b.iter(|| sum_bytes(black_box(baseline))));
+        for ty in TYPES {
+            let (matrix, row_bytes, act) = setup(ty, n);
+            g.throughput(Throughput::Bytes(matrix.len() as u64));
+            g.bench_with_input(BenchmarkId::new("vec_dot", ty.name()), &ty, |b, &ty| {
+                b.iter(|| {
+                    let mut s = 0f32;
+                    for row in matrix.chunks_exact(row_bytes) {
+                        s += vec_dot(ty, n, row, ty.vec_dot_type(), &act).unwrap_or(f32::NAN);
+                    }
+                    black_box(s)
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
