@@ -1,7 +1,24 @@
-//! anatomy-runtime: the lean inference runtime of anatomy-r1.
+//! anatomy-runtime: the lean inference runtime of anatomy-r1. It never depends on candle.
 //!
-//! It memory-maps GGUF files (`gguf`) and runs its own block-quantized kernels (`quant`); it never
-//! depends on candle. The CPU engine and the C ABI arrive with their issues.
+//! - `gguf`, `quant`: memory-mapped GGUF files and ggml block formats with their dot products.
+//! - `backend`: the kernel set as a trait, and the CPU backend.
+//! - `model`: the Qwen2.5-VL forward pass (vision tower, merger, decoder) written against it.
+//! - `tokenizer`: byte-level BPE from the file's `tokenizer.ggml.*` metadata.
+//! - `sampling`: next-token choice; `generate`: prompts, the decode loop, option scoring.
+//! - `session`: [`Model`] (shared, read-only) and [`Session`] (one conversation).
 
+pub mod backend;
+pub mod error;
+pub mod generate;
 pub mod gguf;
+pub mod model;
 pub mod quant;
+pub mod sampling;
+pub mod session;
+pub mod tokenizer;
+
+pub use error::RuntimeError;
+pub use generate::{Answer, AskRequest, FinishReason, Flow, ImageInput, Timings};
+pub use sampling::SamplingParams;
+pub use session::{ImageHandle, Model, ModelOptions, Session};
+pub use tokenizer::Tokenizer;

@@ -352,6 +352,12 @@ pub fn parse_header(bytes: &[u8], path: &str) -> Result<Header, GgufError> {
         .div_ceil(alignment)
         .saturating_mul(alignment);
     let len = bytes.len() as u64;
+    // A file without tensors (llama.cpp's vocabulary-only GGUFs) may end right after the header.
+    let data_offset = if tensors.is_empty() {
+        data_offset.min(len)
+    } else {
+        data_offset
+    };
     if data_offset > len {
         return Err(GgufError::Truncated {
             path: path.into(),

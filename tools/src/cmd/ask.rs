@@ -1,7 +1,8 @@
 //! `anatomy ask`: answer a question about an image with a model.
 //!
-//! `--hf <dir>` runs the candle reference implementation on an HF checkpoint directory (the path the
-//! fixtures check against transformers); the quantized GGUF runtime comes with its own issue.
+//! `--model lm.gguf [--mmproj mmproj.gguf]` runs the lean runtime (`anatomy_runtime`, no candle)
+//! on GGUF files; `--hf <dir>` runs the candle reference implementation on an HF checkpoint
+//! directory (the path the fixtures check against transformers).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,36 +18,66 @@ use candle_core::{DType, Device, Tensor};
 #[derive(clap::Args)]
 pub struct AskArgs {
     /// HF checkpoint directory (config.json, safetensors, tokenizer.json, processor config).
+    #[arg(long, conflicts_with_all = ["model", "mmproj"])]
+    pub(crate) hf: Option<PathBuf>,
+    /// Language-model GGUF file (runs the lean runtime).
     #[arg(long)]
-    hf: Option<PathBuf>,
+    pub(crate) model: Option<PathBuf>,
+    /// Vision-projector GGUF file (needed with --image).
+    #[arg(long, requires = "model")]
+    pub(crate) mmproj: Option<PathBuf>,
+    /// Multiple-choice options separated by ';': prints the chosen letter and option probabilities.
+    #[arg(long, requires = "model")]
+    pub(crate) options: Option<String>,
+    /// Worker threads (GGUF runtime); physical cores by default.
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+    /// Largest image in vision tokens (GGUF runtime); bounds memory for large frames.
+    #[arg(long)]
+    pub(crate) max_image_tokens: Option<usize>,
+    /// Keep only the k most likely tokens when sampling; 0 keeps all.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) top_k: usize,
+    /// Drop tokens below this fraction of the top probability; 0 keeps all.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) min_p: f32,
+    /// Penalty on tokens already in the context; 1 is off.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) repeat_penalty: f32,
+    /// KV-cache length in tokens (GGUF runtime).
+    #[arg(long)]
+    pub(crate) context: Option<usize>,
     /// Image file (PNG or JPEG).
     #[arg(long)]
-    image: Option<PathBuf>,
+    pub(crate) image: Option<PathBuf>,
     /// The question.
-    question: String,
+    pub(crate) question: String,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
-    max_tokens: usize,
+    pub(crate) max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
-    temp: f32,
+    pub(crate) temp: f32,
     /// Nucleus sampling mass.
     #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
+    pub(crate) top_p: f32,
     /// Seed of the sampler: the same seed gives the same answer.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Weights' compute type: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    pub(crate) dtype: String,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 pub fn run(args: AskArgs) -> Result<()> {
+    if args.model.is_some() {
+        return super::ask_gguf::run(&args);
+    }
     let Some(dir) = args.hf.as_deref() else {
-        bail!("no model given: pass --hf <checkpoint dir> (the GGUF runtime comes with a later issue)");
+        bail!("no model given: pass --model <lm.gguf> [--mmproj <mmproj.gguf>] or --hf <checkpoint dir>");
     };
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,

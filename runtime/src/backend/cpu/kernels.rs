@@ -1,0 +1,190 @@
+//! Row kernels of the CPU backend: RMSNorm, rotary, attention, activations, softmax, argmax.
+//!
+//! Attention uses an online softmax over blocks of keys (running max and sum, as flash attention
+//! does), so it needs no scores buffer: nothing is allocated per call, and every `(query row,
+//! head)` pair is an independent task writing its own contiguous slice of the output.
+
+use rayon::prelude::*;
+
+use super::matmul::dot_f32;
+use crate::backend::{AttnShape, Mask};
+
+/// Largest head size the stack accumulator of [`attention`] holds (Qwen2.5-VL: 128 and 80).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Keys scored per online-softmax step.
+const KEY_BLOCK: usize = 32;
+/// Below this many elements a parallel split costs more than it saves.
+const PAR_MIN: usize = 1 << 15;
+
+pub(super) fn add_bias(x: &mut [f32], bias: &[f32], rows: usize) {
+    let d = bias.len();
+    for row in x[..rows * d].chunks_exact_mut(d) {
+        add(row, bias);
+    }
+}
+
+pub(super) fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// HF's RMSNorm: normalise in f32, then scale by the weight (no `1 + w` offset).
+pub(super) fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], rows: usize, eps: f32) {
+    let d = w.len();
+    out[..rows * d]
+        .par_chunks_mut(d)
+        .zip(x[..rows * d].par_chunks(d))
+        .for_each(|(o, xr)| {
+            let ms = dot_f32(xr, xr) / d as f32;
+            let s = 1.0 / (ms + eps).sqrt();
+            for ((y, &v), &g) in o.iter_mut().zip(xr).zip(w) {
+                *y = v * s * g;
+            }
+        });
+}
+
+/// Rotate-half rotary: dims `j` and `j + head_dim/2` rotate by the row's angle `j`.
+pub(super) fn rope(x: &mut [f32], table: &[f32], rows: usize, heads: usize, head_dim: usize) {
+    let half = head_dim / 2;
+    let width = heads * head_dim;
+    x[..rows * width]
+        .par_chunks_mut(width)
+        .zip(table[..rows * head_dim].par_chunks(head_dim))
+        .for_each(|(row, t)| {
+            let (cos, sin) = t.split_at(half);
+            for head in row.chunks_exact_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for j in 0..half {
+                    let (x0, x1) = (a[j], b[j]);
+                    a[j] = x0 * cos[j] - x1 * sin[j];
+                    b[j] = x1 * cos[j] + x0 * sin[j];
+                }
+            }
+        });
+}
+
+/// The key rows query row `i` may read.
+fn key_range(mask: &Mask<'_>, i: usize) -> std::ops::Range<usize> {
+    match mask {
+        Mask::Causal { past } => 0..past + i + 1,
+        Mask::Segments(segs) => {
+            // Segments are sorted and cover the rows; the one holding `i` is the last starting at
+            // or before it.
+            let at = segs.partition_point(|&(s, _)| s <= i);
+            match at.checked_sub(1).map(|k| segs[k]) {
+                Some((s, l)) if i < s + l => s..s + l,
+                _ => i..i + 1,
+            }
+        }
+    }
+}
+
+pub(super) fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    shape: AttnShape,
+    mask: &Mask<'_>,
+) {
+    let AttnShape {
+        n_q,
+        n_kv,
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let group = heads / kv_heads;
+    let (qw, kw) = (heads * d, kv_heads * d);
+    let scale = 1.0 / (d as f32).sqrt();
+    out[..n_q * qw]
+        .par_chunks_mut(d)
+        .enumerate()
+        .for_each(|(task, o)| {
+            let (i, h) = (task / heads, task % heads);
+            let qr = &q[i * qw + h * d..i * qw + (h + 1) * d];
+            let off = (h / group) * d;
+            let keys = key_range(mask, i);
+            let keys = keys.start..keys.end.min(n_kv);
+            let mut acc = [0f32; MAX_HEAD_DIM];
+            let acc = &mut acc[..d];
+            let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+            let mut scores = [0f32; KEY_BLOCK];
+            let mut start = keys.start;
+            while start < keys.end {
+                let end = (start + KEY_BLOCK).min(keys.end);
+                let s = &mut scores[..end - start];
+                let mut bm = f32::NEG_INFINITY;
+                for (t, sc) in s.iter_mut().enumerate() {
+                    let kr = &k[(start + t) * kw + off..(start + t) * kw + off + d];
+                    *sc = dot_f32(qr, kr) * scale;
+                    bm = bm.max(*sc);
+                }
+                let nm = m.max(bm);
+                let corr = (m - nm).exp();
+                if corr != 1.0 {
+                    l *= corr;
+                    acc.iter_mut().for_each(|a| *a *= corr);
+                }
+                for (t, &sc) in s.iter().enumerate() {
+                    let p = (sc - nm).exp();
+                    l += p;
+                    let vr = &v[(start + t) * kw + off..(start + t) * kw + off + d];
+                    for (a, &vv) in acc.iter_mut().zip(vr) {
+                        *a += p * vv;
+                    }
+                }
+                m = nm;
+                start = end;
+            }
+            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            for (y, a) in o.iter_mut().zip(acc.iter()) {
+                *y = a * inv;
+            }
+        });
+}
+
+pub(super) fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let f = |(g, &u): (&mut f32, &f32)| *g = *g / (1.0 + (-*g).exp()) * u;
+    if gate.len() < PAR_MIN {
+        gate.iter_mut().zip(up).for_each(f);
+    } else {
+        gate.par_iter_mut().zip(up.par_iter()).for_each(f);
+    }
+}
+
+/// `0.5·x·(1 + erf(x/√2))`, with erf in f64 so the result is as exact as torch's.
+pub(super) fn gelu(x: &mut [f32]) {
+    let f = |v: &mut f32| {
+        let a = *v as f64;
+        *v = (0.5 * a * (1.0 + libm::erf(a * std::f64::consts::FRAC_1_SQRT_2))) as f32;
+    };
+    if x.len() < PAR_MIN {
+        x.iter_mut().for_each(f);
+    } else {
+        x.par_iter_mut().for_each(f);
+    }
+}
+
+pub(super) fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    if sum > 0.0 {
+        row.iter_mut().for_each(|v| *v /= sum);
+    }
+}
+
+pub(super) fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

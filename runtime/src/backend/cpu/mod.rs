@@ -1,0 +1,331 @@
+//! The CPU backend: weights read in place from the memory map, activations in `Vec<f32>`s, work
+//! split by rows over a rayon pool sized to the physical cores.
+//!
+//! rayon rather than a pool of our own: its workers park between jobs (no spin cost while the
+//! model waits on the user), `par_chunks_mut` gives disjoint mutable rows without `unsafe`, and
+//! it is already in the dependency tree through `tokenizers`. A dedicated pool (not the global
+//! one) honours `--threads` and keeps the caller's other rayon work apart.
+//!
+//! - `matmul`: quantized and float matrix products, one row and many.
+//! - `kernels`: norms, rotary, attention, activations, row copies.
+
+mod kernels;
+pub use kernels::MAX_HEAD_DIM;
+mod matmul;
+
+use std::sync::Arc;
+
+use super::{AttnShape, Backend, BackendError, Mask, WorkspaceSpec};
+use crate::gguf::GgufFile;
+use crate::quant::{dequantize_row, GgmlType};
+
+/// Activations of the CPU backend.
+#[derive(Debug, Clone, Default)]
+pub struct CpuBuffer(pub(crate) Vec<f32>);
+
+/// Where a matrix's encoded rows live.
+enum MatrixData {
+    /// In the model file's map, found again by name (the map outlives the matrix via the `Arc`).
+    Mapped {
+        file: Arc<GgufFile>,
+        name: String,
+    },
+    Owned(Vec<f32>),
+}
+
+/// A weight matrix `[rows, cols]`, rows encoded in `ty`.
+pub struct CpuMatrix {
+    rows: usize,
+    cols: usize,
+    ty: GgmlType,
+    row_bytes: usize,
+    data: MatrixData,
+}
+
+impl CpuMatrix {
+    fn bytes(&self) -> &[u8] {
+        match &self.data {
+            // Presence and extent were checked when the matrix was made; the file is immutable.
+            MatrixData::Mapped { file, name } => file.tensor(name).map(|t| t.data).unwrap_or(&[]),
+            MatrixData::Owned(v) => bytemuck::cast_slice(v),
+        }
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Bytes read per full pass over the weights (for bandwidth figures).
+    pub fn byte_len(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+}
+
+/// Per-session scratch: quantized activation rows and the transposed product of a many-row matmul.
+pub struct CpuWorkspace {
+    quantized: Vec<u8>,
+    transposed: Vec<f32>,
+}
+
+/// The CPU backend.
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+impl CpuBackend {
+    /// A backend with `threads` workers, or one per physical core when `None`.
+    pub fn new(threads: Option<usize>) -> Result<Self, BackendError> {
+        let threads = threads.unwrap_or_else(physical_cores).max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("anatomy-cpu-{i}"))
+            .build()
+            .map_err(|e| BackendError::Threads(e.to_string()))?;
+        Ok(Self { pool, threads })
+    }
+
+    pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+/// Physical cores from the kernel's topology (SMT siblings share a core's load/store units, which
+/// is what quantized matmul is bound by); the logical count when the topology is unreadable.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut seen = std::collections::HashSet::new();
+    for cpu in 0..logical {
+        let base = format!("/sys/devices/system/cpu/cpu{cpu}/topology");
+        let read = |f: &str| std::fs::read_to_string(format!("{base}/{f}")).ok();
+        match (read("physical_package_id"), read("core_id")) {
+            (Some(p), Some(c)) => {
+                seen.insert((p.trim().to_string(), c.trim().to_string()));
+            }
+            _ => return logical,
+        }
+    }
+    seen.len().clamp(1, logical)
+}
+
+impl Backend for CpuBackend {
+    type Buffer = CpuBuffer;
+    type Matrix = CpuMatrix;
+    type Workspace = CpuWorkspace;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn alloc(&self, len: usize) -> CpuBuffer {
+        CpuBuffer(vec![0.0; len])
+    }
+
+    fn len(&self, buf: &CpuBuffer) -> usize {
+        buf.0.len()
+    }
+
+    fn write(&self, dst: &mut CpuBuffer, offset: usize, src: &[f32]) {
+        dst.0[offset..offset + src.len()].copy_from_slice(src);
+    }
+
+    fn read(&self, src: &CpuBuffer, offset: usize, dst: &mut [f32]) {
+        dst.copy_from_slice(&src.0[offset..offset + dst.len()]);
+    }
+
+    fn workspace(&self, spec: WorkspaceSpec) -> CpuWorkspace {
+        // Q8_K, the widest activation format, takes 292 bytes per 256 values.
+        CpuWorkspace {
+            quantized: vec![0; spec.rows * (spec.cols / 256 + 1) * 292],
+            transposed: vec![
+                0.0;
+                if spec.rows > 1 {
+                    spec.rows * spec.cols
+                } else {
+                    0
+                }
+            ],
+        }
+    }
+
+    fn matrix(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuMatrix, BackendError> {
+        let t = file
+            .tensor(name)
+            .ok_or_else(|| BackendError::MissingTensor {
+                path: file.path().into(),
+                tensor: name.into(),
+            })?;
+        let (cols, rows) = match *t.shape() {
+            [c, r] => (c as usize, r as usize),
+            _ => {
+                return Err(BackendError::NotAMatrix {
+                    tensor: name.into(),
+                    shape: t.shape().to_vec(),
+                })
+            }
+        };
+        let ty = t.ty();
+        if matches!(ty, GgmlType::Q8_1 | GgmlType::Q8_K) {
+            return Err(BackendError::UnsupportedType {
+                tensor: name.into(),
+                ty,
+                backend: "cpu",
+            });
+        }
+        Ok(CpuMatrix {
+            rows,
+            cols,
+            ty,
+            row_bytes: t.row_bytes(),
+            data: MatrixData::Mapped {
+                file: Arc::clone(file),
+                name: name.into(),
+            },
+        })
+    }
+
+    fn matrix_from_f32(&self, rows: usize, cols: usize, data: Vec<f32>) -> CpuMatrix {
+        CpuMatrix {
+            rows,
+            cols,
+            ty: GgmlType::F32,
+            row_bytes: cols * 4,
+            data: MatrixData::Owned(data),
+        }
+    }
+
+    fn matrix_shape(&self, m: &CpuMatrix) -> (usize, usize) {
+        (m.rows, m.cols)
+    }
+
+    fn vector(&self, file: &GgufFile, name: &str) -> Result<CpuBuffer, BackendError> {
+        let t = file
+            .tensor(name)
+            .ok_or_else(|| BackendError::MissingTensor {
+                path: file.path().into(),
+                tensor: name.into(),
+            })?;
+        t.dequantize()
+            .map(CpuBuffer)
+            .map_err(|source| BackendError::Quant {
+                tensor: name.into(),
+                source,
+            })
+    }
+
+    fn matmul(
+        &self,
+        ws: &mut CpuWorkspace,
+        w: &CpuMatrix,
+        x: &CpuBuffer,
+        rows: usize,
+        out: &mut CpuBuffer,
+    ) -> Result<(), BackendError> {
+        self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0))
+    }
+
+    fn embed(
+        &self,
+        table: &CpuMatrix,
+        ids: &[u32],
+        out: &mut CpuBuffer,
+    ) -> Result<(), BackendError> {
+        let bytes = table.bytes();
+        for (i, &id) in ids.iter().enumerate() {
+            let r = id as usize;
+            if r >= table.rows {
+                return Err(BackendError::TokenOutOfRange {
+                    id,
+                    rows: table.rows,
+                });
+            }
+            let src = &bytes[r * table.row_bytes..(r + 1) * table.row_bytes];
+            let dst = &mut out.0[i * table.cols..(i + 1) * table.cols];
+            dequantize_row(table.ty, src, dst).map_err(|source| BackendError::Quant {
+                tensor: "embedding".into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn add_bias(&self, x: &mut CpuBuffer, bias: &CpuBuffer, rows: usize) {
+        kernels::add_bias(&mut x.0, &bias.0, rows);
+    }
+
+    fn add(&self, x: &mut CpuBuffer, y: &CpuBuffer, len: usize) {
+        kernels::add(&mut x.0[..len], &y.0[..len]);
+    }
+
+    fn rms_norm(&self, x: &CpuBuffer, w: &CpuBuffer, out: &mut CpuBuffer, rows: usize, eps: f32) {
+        self.install(|| kernels::rms_norm(&x.0, &w.0, &mut out.0, rows, eps));
+    }
+
+    fn rope(
+        &self,
+        x: &mut CpuBuffer,
+        table: &CpuBuffer,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+    ) {
+        self.install(|| kernels::rope(&mut x.0, &table.0, rows, heads, head_dim));
+    }
+
+    fn attention(
+        &self,
+        _ws: &mut CpuWorkspace,
+        q: &CpuBuffer,
+        k: &CpuBuffer,
+        v: &CpuBuffer,
+        out: &mut CpuBuffer,
+        shape: AttnShape,
+        mask: &Mask<'_>,
+    ) {
+        self.install(|| kernels::attention(&q.0, &k.0, &v.0, &mut out.0, shape, mask));
+    }
+
+    fn swiglu(&self, gate: &mut CpuBuffer, up: &CpuBuffer, len: usize) {
+        self.install(|| kernels::swiglu(&mut gate.0[..len], &up.0[..len]));
+    }
+
+    fn gelu(&self, x: &mut CpuBuffer, len: usize) {
+        self.install(|| kernels::gelu(&mut x.0[..len]));
+    }
+
+    fn softmax(&self, x: &mut CpuBuffer, rows: usize, cols: usize) {
+        for row in x.0[..rows * cols].chunks_exact_mut(cols) {
+            kernels::softmax(row);
+        }
+    }
+
+    fn copy_rows(
+        &self,
+        src: &CpuBuffer,
+        src_row: usize,
+        dst: &mut CpuBuffer,
+        dst_row: usize,
+        count: usize,
+        dim: usize,
+    ) {
+        dst.0[dst_row * dim..(dst_row + count) * dim]
+            .copy_from_slice(&src.0[src_row * dim..(src_row + count) * dim]);
+    }
+
+    fn gather_rows(&self, src: &CpuBuffer, index: &[usize], dst: &mut CpuBuffer, dim: usize) {
+        for (d, &s) in dst.0.chunks_exact_mut(dim).zip(index) {
+            d.copy_from_slice(&src.0[s * dim..(s + 1) * dim]);
+        }
+    }
+
+    fn argmax(&self, x: &CpuBuffer, offset: usize, len: usize) -> u32 {
+        kernels::argmax(&x.0[offset..offset + len])
+    }
+}
+
+#[cfg(test)]
+mod tests;

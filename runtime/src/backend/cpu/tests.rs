@@ -1,0 +1,232 @@
+//! The CPU kernels against direct f32 formulas: quantized matmul (one row and many rows agree
+//! with each other and with dequantized weights), attention masks, rotary, RMSNorm, GELU.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::backend::{AttnShape, Mask};
+use crate::gguf::{GgufFile, GgufWriter, OwnedValue, PendingTensor};
+use crate::quant::quantize::quantize_to_vec;
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn naive_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    keys: impl Fn(usize) -> std::ops::Range<usize>,
+) -> Vec<f32> {
+    let d = s.head_dim;
+    let mut out = vec![0.0; s.n_q * s.heads * d];
+    for i in 0..s.n_q {
+        for h in 0..s.heads {
+            let g = h / (s.heads / s.kv_heads);
+            let qr = &q[i * s.heads * d + h * d..][..d];
+            let r = keys(i);
+            let sc: Vec<f32> = r
+                .clone()
+                .map(|j| {
+                    let kr = &k[j * s.kv_heads * d + g * d..][..d];
+                    qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() / (d as f32).sqrt()
+                })
+                .collect();
+            let m = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = sc.iter().map(|x| (x - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            for (p, j) in e.iter().zip(r) {
+                for t in 0..d {
+                    out[i * s.heads * d + h * d + t] += p / z * v[j * s.kv_heads * d + g * d + t];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_masks_match_the_naive_formula() {
+    let b = CpuBackend::new(Some(2)).unwrap();
+    let s = AttnShape {
+        n_q: 5,
+        n_kv: 45,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+    };
+    let q = rand_vec(5 * 32, 1);
+    let k = rand_vec(45 * 16, 2);
+    let v = rand_vec(45 * 16, 3);
+    let mut out = b.alloc(5 * 32);
+    let mut ws = b.workspace(WorkspaceSpec {
+        rows: 5,
+        cols: 32,
+        keys: 45,
+        heads: 4,
+    });
+    b.attention(
+        &mut ws,
+        &CpuBuffer(q.clone()),
+        &CpuBuffer(k.clone()),
+        &CpuBuffer(v.clone()),
+        &mut out,
+        s,
+        &Mask::Causal { past: 40 },
+    );
+    let want = naive_attention(&q, &k, &v, s, |i| 0..41 + i);
+    assert!(out.0.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
+
+    let s = AttnShape {
+        n_q: 7,
+        n_kv: 7,
+        heads: 2,
+        kv_heads: 2,
+        head_dim: 8,
+    };
+    let segs = [(0, 3), (3, 4)];
+    let q = rand_vec(7 * 16, 4);
+    let k = rand_vec(7 * 16, 5);
+    let v = rand_vec(7 * 16, 6);
+    let mut out = b.alloc(7 * 16);
+    b.attention(
+        &mut ws,
+        &CpuBuffer(q.clone()),
+        &CpuBuffer(k.clone()),
+        &CpuBuffer(v.clone()),
+        &mut out,
+        s,
+        &Mask::Segments(&segs),
+    );
+    let want = naive_attention(&q, &k, &v, s, |i| if i < 3 { 0..3 } else { 3..7 });
+    assert!(out.0.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
+}
+
+/// Writes one `[rows, cols]` tensor per type into a GGUF file and maps it.
+fn matrix_file(
+    dir: &std::path::Path,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    types: &[GgmlType],
+) -> Arc<GgufFile> {
+    let path = dir.join("m.gguf");
+    let meta = vec![(
+        "general.architecture".to_string(),
+        OwnedValue::String("test".into()),
+    )];
+    let data: Vec<Vec<u8>> = types
+        .iter()
+        .map(|&t| {
+            w.chunks(cols)
+                .flat_map(|r| quantize_to_vec(t, r).unwrap())
+                .collect()
+        })
+        .collect();
+    let pending = types
+        .iter()
+        .map(|&t| PendingTensor {
+            name: format!("w.{t}"),
+            shape: vec![cols as u64, rows as u64],
+            ty: t,
+        })
+        .collect();
+    let mut wr = GgufWriter::create(&path, &meta, pending, 32).unwrap();
+    for (t, d) in types.iter().zip(&data) {
+        wr.write_tensor(&format!("w.{t}"), d).unwrap();
+    }
+    wr.finish().unwrap();
+    Arc::new(GgufFile::open(&path).unwrap())
+}
+
+#[test]
+fn matmul_one_and_many_rows_agree_with_dequantized_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, cols, n) = (24, 512, 5);
+    let w = rand_vec(rows * cols, 7);
+    let types = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ];
+    let f = matrix_file(dir.path(), &w, rows, cols, &types);
+    let b = CpuBackend::new(Some(2)).unwrap();
+    let x = rand_vec(n * cols, 8);
+    let mut ws = b.workspace(WorkspaceSpec {
+        rows: n,
+        cols,
+        keys: 1,
+        heads: 1,
+    });
+    for t in types {
+        let m = b.matrix(&f, &format!("w.{t}")).unwrap();
+        let wd = f.tensor(&format!("w.{t}")).unwrap().dequantize().unwrap();
+        let mut many = b.alloc(n * rows);
+        b.matmul(&mut ws, &m, &CpuBuffer(x.clone()), n, &mut many)
+            .unwrap();
+        for i in 0..n {
+            let mut one = b.alloc(rows);
+            b.matmul(
+                &mut ws,
+                &m,
+                &CpuBuffer(x[i * cols..(i + 1) * cols].to_vec()),
+                1,
+                &mut one,
+            )
+            .unwrap();
+            for j in 0..rows {
+                let exact: f32 = wd[j * cols..(j + 1) * cols]
+                    .iter()
+                    .zip(&x[i * cols..])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                let got = many.0[i * rows + j];
+                assert_eq!(got, one.0[j], "{t}: many-row and one-row products differ");
+                // Activation quantization (Q8) is the only error beyond the weights' own.
+                let tol = if matches!(t, GgmlType::F32 | GgmlType::F16) {
+                    1e-3
+                } else {
+                    0.15
+                };
+                assert!((got - exact).abs() < tol, "{t} [{i},{j}]: {got} vs {exact}");
+            }
+        }
+    }
+}
+
+#[test]
+fn norms_rotary_and_activations() {
+    let b = CpuBackend::new(Some(1)).unwrap();
+    let mut out = b.alloc(4);
+    b.rms_norm(
+        &CpuBuffer(vec![1.0, -1.0, 1.0, -1.0]),
+        &CpuBuffer(vec![2.0; 4]),
+        &mut out,
+        1,
+        0.0,
+    );
+    assert!(out.0.iter().all(|v| (v.abs() - 2.0).abs() < 1e-6));
+    // A quarter turn maps (1, 0) to (0, 1) in the rotate-half pairing.
+    let mut x = CpuBuffer(vec![1.0, 0.0]);
+    b.rope(&mut x, &CpuBuffer(vec![0.0, 1.0]), 1, 1, 2);
+    assert!((x.0[0]).abs() < 1e-7 && (x.0[1] - 1.0).abs() < 1e-7);
+    let mut g = CpuBuffer(vec![1.0, -3.0]);
+    b.gelu(&mut g, 2);
+    // torch.nn.functional.gelu(tensor([1., -3.])) = [0.8413447, -0.0040497]
+    assert!((g.0[0] - 0.841_344_7).abs() < 1e-6 && (g.0[1] + 0.004_049_7).abs() < 1e-6);
+    let mut s = CpuBuffer(vec![2.0, 1.0]);
+    b.swiglu(&mut s, &CpuBuffer(vec![1.0, 2.0]), 2);
+    assert!((s.0[0] - 2.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
+    assert_eq!(b.argmax(&CpuBuffer(vec![1.0, 3.0, 3.0]), 0, 3), 1);
+}

@@ -1,0 +1,386 @@
+//! Answering a question: the prompt built with the HF chat template (options lettered as the
+//! trainer's prompts are), prefill, the decode loop with streaming and cancellation, and the
+//! multiple-choice confidence: the model's probability of each option letter at the answer
+//! position, normalised over the options.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anatomy_models::qwen2_5_vl::preprocess::{preprocess_file, preprocess_rgb8, ProcessedImage};
+use anatomy_models::qwen2_5_vl::template::user_prompt;
+
+use crate::backend::Backend;
+use crate::error::RuntimeError;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::session::Session;
+
+/// The tag after which the answer letter is read.
+pub const ANSWER_TAG: &str = "<answer>";
+/// Instruction put before a multiple-choice question (the trainer's general instruction).
+pub const CHOICE_INSTRUCTION: &str = "You are an expert in medical imaging, and I will provide you with a clinical image. Please analyze the image and follow the instructions:\n\n1.Select the most suitable option for the problem based on the given options. Only one correct answer exists. You should only return the choice letter, not any other text.\n\n2.Output the thinking process in <think> </think> and final answer in <answer> </answer> tags. The output answer format should be as follows:<think> ... </think> <answer>YOUR CHOICE HERE</answer>.";
+/// Most options (one letter each, A to Z).
+pub const MAX_OPTIONS: usize = 26;
+
+/// Where the image comes from.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    Path(PathBuf),
+    Rgb8 {
+        data: Vec<u8>,
+        width: u32,
+        height: u32,
+    },
+}
+
+/// One question.
+#[derive(Debug, Clone)]
+pub struct AskRequest {
+    pub question: String,
+    pub image: Option<ImageInput>,
+    /// Multiple-choice options; empty for a free answer.
+    pub options: Vec<String>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+}
+
+/// What the streaming callback tells the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token (not included in the output).
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The context is full.
+    Context,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    pub load_ms: f64,
+    /// Preprocessing plus the vision tower (near zero when the image was cached).
+    pub image_encode_ms: f64,
+    pub image_cached: bool,
+    pub prefill_ms: f64,
+    pub prefill_tokens: usize,
+    pub decode_ms: f64,
+    pub decode_tokens: usize,
+    pub peak_rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub image_tokens: usize,
+    pub finish: FinishReason,
+    /// The chosen option's letter, when options were given.
+    pub choice: Option<char>,
+    /// Probability of each option's letter at the answer position, normalised over the options.
+    pub option_probs: Option<Vec<f32>>,
+    /// Whether the letter was read after an `<answer>` tag the model wrote (else one was appended).
+    pub answer_tag_generated: bool,
+    pub timings: Timings,
+}
+
+/// `A`, `B`, ...
+pub fn option_letter(i: usize) -> char {
+    (b'A' + i as u8) as char
+}
+
+/// The question text sent to the model: as is, or with the choice instruction and lettered
+/// options in the trainer's layout.
+pub fn question_text(question: &str, options: &[String]) -> Result<String, RuntimeError> {
+    if options.is_empty() {
+        return Ok(question.to_string());
+    }
+    if options.len() > MAX_OPTIONS {
+        return Err(RuntimeError::Options(format!(
+            "{} options given, at most {MAX_OPTIONS}",
+            options.len()
+        )));
+    }
+    if let Some(i) = options.iter().position(|o| o.trim().is_empty()) {
+        return Err(RuntimeError::Options(format!(
+            "option {} is empty",
+            option_letter(i)
+        )));
+    }
+    let mut s = format!("{CHOICE_INSTRUCTION}\nQuestion:\n{question}\nOptions:");
+    for (i, o) in options.iter().enumerate() {
+        s.push_str(&format!("\n{}. {}", option_letter(i), o.trim()));
+    }
+    Ok(s)
+}
+
+/// Peak resident memory of this process (`VmHWM`), 0 where unavailable.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+impl<B: Backend> Session<'_, B> {
+    /// Preprocesses an image with the model's processor parameters.
+    pub fn preprocess(&self, image: &ImageInput) -> Result<ProcessedImage, RuntimeError> {
+        let p = self.model().preprocess_params();
+        Ok(match image {
+            ImageInput::Path(path) => preprocess_file(path, p)?,
+            ImageInput::Rgb8 {
+                data,
+                width,
+                height,
+            } => preprocess_rgb8(data, *width, *height, p)?,
+        })
+    }
+
+    /// The prompt token ids of a question (image placeholders expanded to `image_tokens`).
+    pub fn prompt_ids(
+        &self,
+        question: &str,
+        image_tokens: Option<usize>,
+    ) -> Result<Vec<u32>, RuntimeError> {
+        let m = self.model();
+        let prompt = user_prompt(question, image_tokens.is_some());
+        let ids = m.tokenizer().encode(&prompt)?;
+        let pad = m.special_tokens().image_pad;
+        let mut out = Vec::with_capacity(ids.len() + image_tokens.unwrap_or(0));
+        for id in ids {
+            match (id == pad, image_tokens) {
+                (true, Some(n)) => out.extend(std::iter::repeat_n(pad, n)),
+                _ => out.push(id),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers `req`, calling `on_text` with each new piece of text as it is generated.
+    pub fn ask(
+        &mut self,
+        req: &AskRequest,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Answer, RuntimeError> {
+        let question = question_text(&req.question, &req.options)?;
+        let mut timings = Timings {
+            load_ms: self.model().load_ms(),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let image = match &req.image {
+            Some(input) => {
+                if !self.model().has_vision() {
+                    return Err(RuntimeError::NoProjector);
+                }
+                let img = self.preprocess(input)?;
+                Some(self.encode_image(&img)?)
+            }
+            None => None,
+        };
+        timings.image_encode_ms = t.elapsed().as_secs_f64() * 1e3;
+        timings.image_cached = image.is_some_and(|h| h.cached);
+
+        let ids = self.prompt_ids(&question, image.map(|h| h.tokens))?;
+        let t = Instant::now();
+        self.prefill(&ids, image.as_ref())?;
+        timings.prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+        timings.prefill_tokens = ids.len();
+
+        let letters = self.letter_ids(req.options.len());
+        let stops = self.model().special_tokens().stops.clone();
+        let mut sampler = Sampler::new(req.sampling.clone());
+        let mut out: Vec<u32> = Vec::with_capacity(req.max_tokens);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut text_bytes: Vec<u8> = Vec::new();
+        let mut probs: Option<Vec<f32>> = None;
+        let mut tag_seen = false;
+        let mut finish = FinishReason::Length;
+        let t = Instant::now();
+        // The last sampled token is in the KV cache unless the loop ended on it.
+        let mut last_fed = true;
+        while out.len() < req.max_tokens {
+            if !letters.is_empty() && tag_seen && probs.is_none() {
+                probs = Some(option_probs(self.logits(), &letters));
+            }
+            let (logits, history) = self.logits_and_tokens();
+            let next = sampler.sample(logits, history);
+            if stops.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            out.push(next);
+            let piece = self.model().tokenizer().decode_bytes(&[next], true);
+            text_bytes.extend_from_slice(&piece);
+            pending.extend_from_slice(&piece);
+            tag_seen = tag_seen || contains(&text_bytes, ANSWER_TAG.as_bytes());
+            let flow = emit_valid(&mut pending, on_text);
+            if flow == Flow::Stop {
+                finish = FinishReason::Cancelled;
+                last_fed = false;
+                break;
+            }
+            if out.len() == req.max_tokens {
+                last_fed = false;
+                break;
+            }
+            if self.remaining() == 0 {
+                finish = FinishReason::Context;
+                last_fed = false;
+                break;
+            }
+            self.append(&[next])?;
+            timings.decode_tokens += 1;
+        }
+        timings.decode_ms = t.elapsed().as_secs_f64() * 1e3;
+        if !pending.is_empty() {
+            on_text(&String::from_utf8_lossy(&pending));
+        }
+        let answer_tag_generated = probs.is_some();
+        if !letters.is_empty() && probs.is_none() {
+            // The model gave no `<answer>` (or stopped right after it): score after appending it.
+            let mut tail: Vec<u32> = Vec::new();
+            if !last_fed {
+                tail.extend(out.last().copied());
+            }
+            if !tag_seen {
+                tail.extend(self.model().tokenizer().encode(ANSWER_TAG)?);
+            }
+            self.append(&tail)?;
+            probs = Some(option_probs(self.logits(), &letters));
+        }
+        let choice = probs.as_ref().map(|p| {
+            let best = p
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, &v)| if v > p[b] { i } else { b });
+            option_letter(best)
+        });
+        timings.peak_rss_bytes = peak_rss_bytes();
+        Ok(Answer {
+            text: String::from_utf8_lossy(&text_bytes).into_owned(),
+            token_ids: out,
+            prompt_tokens: ids.len(),
+            image_tokens: image.map_or(0, |h| h.tokens),
+            finish,
+            choice,
+            option_probs: probs,
+            answer_tag_generated,
+            timings,
+        })
+    }
+
+    /// For each option letter, the ids of `X` and ` X` (either may follow the tag).
+    fn letter_ids(&self, n: usize) -> Vec<Vec<u32>> {
+        let tok = self.model().tokenizer();
+        (0..n)
+            .map(|i| {
+                let l = option_letter(i);
+                let mut ids = Vec::new();
+                for s in [l.to_string(), format!(" {l}")] {
+                    if let Ok(v) = tok.encode(&s) {
+                        if let [one] = v[..] {
+                            if !ids.contains(&one) {
+                                ids.push(one);
+                            }
+                        }
+                    }
+                }
+                ids
+            })
+            .collect()
+    }
+}
+
+/// Softmax probability of each option's letter tokens, normalised over the options.
+pub fn option_probs(logits: &[f32], letters: &[Vec<u32>]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let p: Vec<f64> = letters
+        .iter()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|&i| logits.get(i as usize))
+                .map(|&l| ((l - max) as f64).exp())
+                .sum()
+        })
+        .collect();
+    let total: f64 = p.iter().sum();
+    p.iter()
+        .map(|&x| if total > 0.0 { (x / total) as f32 } else { 0.0 })
+        .collect()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Sends the longest valid UTF-8 prefix of `pending` (a character may span tokens).
+fn emit_valid(pending: &mut Vec<u8>, on_text: &mut dyn FnMut(&str) -> Flow) -> Flow {
+    let valid = match std::str::from_utf8(pending) {
+        Ok(s) => s.len(),
+        // An invalid sequence that is not just cut short will never become valid: flush it.
+        Err(e) if e.error_len().is_some() => pending.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    if valid == 0 {
+        return Flow::Continue;
+    }
+    let s = String::from_utf8_lossy(&pending[..valid]).into_owned();
+    pending.drain(..valid);
+    on_text(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_lettered_and_checked() {
+        let q = question_text("Which organ?", &["Liver".into(), " Gut ".into()]).unwrap();
+        assert!(q.ends_with("Question:\nWhich organ?\nOptions:\nA. Liver\nB. Gut"));
+        assert!(matches!(
+            question_text("q", &["a".into(), " ".into()]),
+            Err(RuntimeError::Options(_))
+        ));
+        let many: Vec<String> = (0..27).map(|i| i.to_string()).collect();
+        assert!(question_text("q", &many).is_err());
+        assert_eq!(question_text("q", &[]).unwrap(), "q");
+    }
+
+    #[test]
+    fn option_probabilities_normalise_over_letters() {
+        let logits = vec![0.0, 1.0, 2.0, 5.0];
+        let p = option_probs(&logits, &[vec![1], vec![2, 0]]);
+        let (a, b) = (1f64.exp(), 2f64.exp() + 1.0);
+        assert!((p[0] as f64 - a / (a + b)).abs() < 1e-6);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn streaming_waits_for_whole_characters() {
+        let mut got = String::new();
+        let mut cb = |s: &str| {
+            got.push_str(s);
+            Flow::Continue
+        };
+        let bytes = "é".as_bytes();
+        let mut pending = vec![b'a', bytes[0]];
+        emit_valid(&mut pending, &mut cb);
+        assert_eq!(pending, vec![bytes[0]]);
+        pending.push(bytes[1]);
+        emit_valid(&mut pending, &mut cb);
+        assert!(pending.is_empty());
+        assert_eq!(got, "aé");
+    }
+}

@@ -1,0 +1,96 @@
+//! `anatomy ask --model/--mmproj`: the lean runtime on GGUF files, streaming text or printing one
+//! JSON object with the answer, the option choice and probabilities, and timings.
+
+use std::io::Write;
+
+use anatomy_runtime::generate::{AskRequest, Flow, ImageInput};
+use anatomy_runtime::{Model, ModelOptions, SamplingParams};
+use anyhow::{Context, Result};
+
+use super::ask::AskArgs;
+
+/// `"A;B; C"` -> `["A", "B", "C"]`; an empty list or empty entry is refused by the runtime.
+pub fn parse_options(s: &str) -> Vec<String> {
+    s.split(';').map(|o| o.trim().to_string()).collect()
+}
+
+pub fn run(args: &AskArgs) -> Result<()> {
+    let lm = args.model.as_deref().context("--model is required")?;
+    let opts = ModelOptions {
+        threads: args.threads,
+        context: args.context,
+        max_image_tokens: args.max_image_tokens,
+        ..Default::default()
+    };
+    let model = Model::load(lm, args.mmproj.as_deref(), &opts)
+        .with_context(|| format!("loading {}", lm.display()))?;
+    let req = AskRequest {
+        question: args.question.clone(),
+        image: args.image.clone().map(ImageInput::Path),
+        options: args
+            .options
+            .as_deref()
+            .map(parse_options)
+            .unwrap_or_default(),
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temp,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repetition_penalty: args.repeat_penalty,
+            seed: args.seed,
+        },
+    };
+    let mut session = model.session();
+    let mut stdout = std::io::stdout();
+    let json = args.json;
+    let answer = session.ask(&req, &mut |piece| {
+        if !json {
+            // A closed stdout (a pipe to `head`) ends generation instead of failing it.
+            if write!(stdout, "{piece}")
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    })?;
+    let t = &answer.timings;
+    if json {
+        let mut out = serde_json::json!({
+            "text": answer.text,
+            "token_ids": answer.token_ids,
+            "prompt_tokens": answer.prompt_tokens,
+            "image_tokens": answer.image_tokens,
+            "finish": format!("{:?}", answer.finish).to_lowercase(),
+            "timings": {
+                "load_ms": t.load_ms,
+                "image_encode_ms": t.image_encode_ms,
+                "prefill_ms": t.prefill_ms,
+                "prefill_tokens": t.prefill_tokens,
+                "decode_ms": t.decode_ms,
+                "decode_tokens": t.decode_tokens,
+                "peak_rss_bytes": t.peak_rss_bytes,
+            },
+        });
+        if let (Some(c), Some(p)) = (answer.choice, &answer.option_probs) {
+            out["choice"] = serde_json::json!(c.to_string());
+            out["option_probs"] = serde_json::json!(p);
+            out["answer_tag_generated"] = serde_json::json!(answer.answer_tag_generated);
+        }
+        println!("{out}");
+    } else {
+        println!();
+        if let (Some(c), Some(p)) = (answer.choice, &answer.option_probs) {
+            let probs: Vec<String> = p
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!("{}={v:.3}", anatomy_runtime::generate::option_letter(i)))
+                .collect();
+            println!("choice: {c} ({})", probs.join(", "));
+        }
+    }
+    Ok(())
+}

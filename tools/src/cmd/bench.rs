@@ -1,0 +1,157 @@
+//! `anatomy bench`: load time, image encode time (first and cached), prefill and decode tokens/s,
+//! peak RSS and a memory-read bandwidth measured in the same run, medians over repetitions.
+//!
+//! Decode is bound by streaming the weights once per token, so the report also gives the
+//! bandwidth bound (weight bytes / measured bandwidth) and the fraction of it reached.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anatomy_runtime::generate::{peak_rss_bytes, ImageInput};
+use anatomy_runtime::{Model, ModelOptions};
+use anyhow::{bail, Context, Result};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Language-model GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Vision-projector GGUF file (with --image: image encode time).
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
+    /// Image to encode.
+    #[arg(long, requires = "mmproj")]
+    image: Option<PathBuf>,
+    /// Prompt tokens for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Worker threads; physical cores by default.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Read bandwidth in bytes/s: sums a 256 MiB buffer (larger than any cache) a few times.
+fn read_bandwidth(threads: usize) -> f64 {
+    let n: usize = 64 << 20; // f32s
+    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let chunk = n.div_ceil(threads.max(1));
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let total: f32 = std::thread::scope(|s| {
+            let hs: Vec<_> = buf
+                .chunks(chunk)
+                .map(|c| s.spawn(move || c.iter().sum::<f32>()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.max((n * 4) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.reps == 0 || args.prompt_tokens == 0 {
+        bail!("--reps and --prompt-tokens must be positive");
+    }
+    let opts = ModelOptions {
+        threads: args.threads,
+        context: Some(args.prompt_tokens + args.gen_tokens + 1),
+        ..Default::default()
+    };
+    let mut loads = Vec::new();
+    let mut model = None;
+    for _ in 0..args.reps {
+        let m = Model::load(&args.model, args.mmproj.as_deref(), &opts)
+            .with_context(|| format!("loading {}", args.model.display()))?;
+        loads.push(m.load_ms());
+        model = Some(m);
+    }
+    let Some(model) = model else {
+        bail!("no repetition ran");
+    };
+    let threads = anatomy_runtime::backend::Backend::threads(model.backend());
+    let mut s = model.session();
+    let (mut enc, mut enc_cached, mut image_tokens) = (Vec::new(), Vec::new(), 0);
+    if let Some(img) = &args.image {
+        for _ in 0..args.reps {
+            let t = Instant::now();
+            let p = s.preprocess(&ImageInput::Path(img.clone()))?;
+            // A fresh session each time: the point is the vision tower, not the cache.
+            let mut fresh = model.session();
+            let h = fresh.encode_image(&p)?;
+            enc.push(t.elapsed().as_secs_f64() * 1e3);
+            image_tokens = h.tokens;
+            let t = Instant::now();
+            let p = fresh.preprocess(&ImageInput::Path(img.clone()))?;
+            fresh.encode_image(&p)?;
+            enc_cached.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    // Ordinary-text ids (avoiding the special tokens at the end of the vocabulary).
+    let vocab = model
+        .tokenizer()
+        .vocab_size()
+        .min(model.lm_params().vocab_size) as u32;
+    let span = vocab.saturating_sub(512).max(1);
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % span)
+        .collect();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..args.reps {
+        let t = Instant::now();
+        s.prefill(&prompt, None)?;
+        pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for _ in 0..args.gen_tokens {
+            let next = anatomy_runtime::sampling::argmax(s.logits()) % span;
+            s.append(&[next])?;
+        }
+        tg.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    let bw = read_bandwidth(threads);
+    let weight_bytes = model.lm_file_bytes() as f64;
+    let decode = median(tg);
+    let bound = bw / weight_bytes;
+    let out = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "threads": threads,
+        "reps": args.reps,
+        "load_ms": median(loads),
+        "image_tokens": image_tokens,
+        "image_encode_ms": if enc.is_empty() { serde_json::Value::Null } else { median(enc).into() },
+        "image_encode_cached_ms": if enc_cached.is_empty() { serde_json::Value::Null } else { median(enc_cached).into() },
+        "prompt_tokens": args.prompt_tokens,
+        "prefill_tok_s": median(pp),
+        "gen_tokens": args.gen_tokens,
+        "decode_tok_s": decode,
+        "read_bandwidth_gb_s": bw / 1e9,
+        "lm_file_bytes": model.lm_file_bytes(),
+        "decode_bound_tok_s": bound,
+        "decode_fraction_of_bound": decode / bound,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    if args.json {
+        println!("{out}");
+    } else if let Some(o) = out.as_object() {
+        for (k, v) in o {
+            println!("{k:>26}: {v}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The lean runtime against HF transformers on the committed fixtures: each checkpoint is
+//! converted with `anatomy convert` (into a temp dir), loaded with `anatomy_runtime`, and its
+//! prompt ids, vision output, last logits and 16 greedy tokens are compared with the recorded
+//! `reference.safetensors`. F32: logits within 1e-3 and identical tokens; Q8_0: identical tokens.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anatomy_models::qwen2_5_vl::config::load_preprocess_params;
+use anatomy_runtime::generate::ImageInput;
+use anatomy_runtime::{Model, ModelOptions};
+use safetensors::SafeTensors;
+
+fn case_dir(case: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/qwen2_5_vl")
+        .join(case)
+}
+
+fn convert(case: &str, quant: &str, out: &Path) -> (PathBuf, PathBuf) {
+    let (lm, mm) = (
+        out.join(format!("{case}-{quant}.gguf")),
+        out.join(format!("{case}-{quant}-mmproj.gguf")),
+    );
+    let st = Command::new(env!("CARGO_BIN_EXE_anatomy"))
+        .arg("convert")
+        .arg(case_dir(case).join("model"))
+        .arg("--out")
+        .arg(&lm)
+        .arg("--mmproj")
+        .arg(&mm)
+        .args(["--quant", quant, "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    (lm, mm)
+}
+
+fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn i64s(st: &SafeTensors, name: &str) -> Vec<i64> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs one case; returns (vision max error, logits max error, greedy tokens).
+fn run(case: &str, quant: &str) -> (f32, f32, Vec<u32>, Vec<u32>) {
+    let dir = case_dir(case);
+    let tmp = tempfile::tempdir().unwrap();
+    let (lm, mm) = convert(case, quant, tmp.path());
+    let pre = load_preprocess_params(dir.join("model")).unwrap();
+    let opts = ModelOptions {
+        threads: Some(2),
+        min_pixels: Some(pre.min_pixels),
+        max_pixels: Some(pre.max_pixels),
+        ..Default::default()
+    };
+    let model = Model::load(&lm, Some(&mm), &opts).unwrap();
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+
+    let mut s = model.session();
+    let img = s
+        .preprocess(&ImageInput::Path(dir.join("image.png")))
+        .unwrap();
+    let h = s.encode_image(&img).unwrap();
+    assert!(!h.cached);
+    let vision = s.image_embeddings(&h).unwrap();
+    let verr = max_abs(&vision, &f32s(&st, "vision_output"));
+    // The second encoding of the same frame comes from the session's cache.
+    assert!(s.encode_image(&img).unwrap().cached);
+
+    let ids = s
+        .prompt_ids(reference["question"].as_str().unwrap(), Some(h.tokens))
+        .unwrap();
+    let want: Vec<u32> = i64s(&st, "input_ids").iter().map(|&v| v as u32).collect();
+    assert_eq!(ids, want, "{case}: prompt ids differ from HF's");
+    s.prefill(&ids, Some(&h)).unwrap();
+    let lerr = max_abs(s.logits(), &f32s(&st, "logits_last"));
+    let mut greedy = Vec::new();
+    for _ in 0..16 {
+        let next = anatomy_runtime::sampling::argmax(s.logits());
+        greedy.push(next);
+        s.append(&[next]).unwrap();
+    }
+    let expected = i64s(&st, "greedy_tokens")
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
+    (verr, lerr, greedy, expected)
+}
+
+#[test]
+fn f32_gguf_matches_hf_transformers() {
+    for case in ["square", "wide"] {
+        let (verr, lerr, got, want) = run(case, "f32");
+        eprintln!("{case} f32: vision max|err| {verr:.2e}, logits max|err| {lerr:.2e}");
+        assert!(verr < 1e-4, "{case}: vision output off by {verr}");
+        assert!(lerr < 1e-3, "{case}: last logits off by {lerr}");
+        assert_eq!(got, want, "{case}: greedy tokens");
+    }
+}
+
+/// Q8_0 rounds every weight by up to half a step: on these random-weight fixtures that moves the
+/// logits by 0.2-0.45 (measured even with exact f32 activations), while HF's greedy margins go
+/// down to 0.095, so a late token may flip. The test therefore feeds HF's tokens (teacher forcing)
+/// and requires, at every step, HF's token whenever its recorded margin exceeds twice that step's
+/// measured logit error against the F32 file, and the error itself below 0.6 (it peaks at 0.43).
+#[test]
+fn q8_0_gguf_keeps_every_token_its_error_cannot_explain() {
+    for case in ["square", "wide"] {
+        let dir = case_dir(case);
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let want: Vec<u32> = i64s(&st, "greedy_tokens")
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
+        let margins = f32s(&st, "greedy_margins");
+        let pre = load_preprocess_params(dir.join("model")).unwrap();
+        let opts = ModelOptions {
+            threads: Some(2),
+            min_pixels: Some(pre.min_pixels),
+            max_pixels: Some(pre.max_pixels),
+            ..Default::default()
+        };
+        let mut logits_per_quant = Vec::new();
+        for quant in ["f32", "q8_0"] {
+            let (lm, mm) = convert(case, quant, tmp.path());
+            let model = Model::load(&lm, Some(&mm), &opts).unwrap();
+            let mut s = model.session();
+            let img = s
+                .preprocess(&ImageInput::Path(dir.join("image.png")))
+                .unwrap();
+            let h = s.encode_image(&img).unwrap();
+            let ids: Vec<u32> = i64s(&st, "input_ids").iter().map(|&v| v as u32).collect();
+            s.prefill(&ids, Some(&h)).unwrap();
+            let mut steps = Vec::new();
+            for &t in &want {
+                steps.push(s.logits().to_vec());
+                s.append(&[t]).unwrap();
+            }
+            logits_per_quant.push(steps);
+        }
+        let mut matched = 0;
+        for (i, (f, q)) in logits_per_quant[0]
+            .iter()
+            .zip(&logits_per_quant[1])
+            .enumerate()
+        {
+            let err = max_abs(f, q);
+            assert!(err < 0.6, "{case} step {i}: Q8_0 logits off by {err}");
+            let got = anatomy_runtime::sampling::argmax(q);
+            if got == want[i] {
+                matched += 1;
+            } else {
+                assert!(
+                    margins[i] <= 2.0 * err,
+                    "{case} step {i}: token {got} != {} with margin {} > 2 x error {err}",
+                    want[i],
+                    margins[i]
+                );
+            }
+        }
+        eprintln!("{case} q8_0: {matched}/16 teacher-forced greedy tokens equal HF's");
+        assert!(matched >= 14, "{case}: only {matched}/16");
+    }
+}
