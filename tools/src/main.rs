@@ -29,6 +29,14 @@ enum Command {
     Convert(cmd::convert::ConvertArgs),
     /// Show a GGUF file's metadata and tensors.
     Inspect(cmd::inspect::InspectArgs),
+    /// Show the token ids the runtime's GGUF tokenizer gives a text.
+    Tokenize(cmd::tokenize::TokenizeArgs),
+    /// Measure load, image encode, prefill and decode speed of GGUF files.
+    Bench(cmd::bench::BenchArgs),
+    /// Write synthetic laparoscopic scenes with SGG-VQA questions (Anatomy-R1 JSON, train/holdout).
+    Synth(cmd::synth::SynthArgs),
+    /// Train with SFT or GRPO/DAPO/GPG/Dr. GRPO (+ ASCL, + GDQA) from a run.toml, or resume a run.
+    Train(cmd::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +47,10 @@ fn main() -> ExitCode {
         Command::Augment(args) => cmd::augment::run(args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Tokenize(args) => cmd::tokenize::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::Synth(args) => cmd::synth::run(args),
+        Command::Train(args) => cmd::train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

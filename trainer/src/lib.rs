@@ -7,11 +7,18 @@
 //! - [`gdqa`]: group diversity question augmentation (variants, hardness, invalid-gradient ratio).
 //! - [`metrics`]: the per-step record a run logs so that the paper's two figures can be redrawn.
 //!
-//! The GRPO engine that drives these arrives with its own issue.
+//! - [`grpo`]: rollouts, advantages and the GRPO / DAPO / GPG / Dr. GRPO losses.
+//! - [`lora`] and [`optim`]: LoRA adapters, AdamW, schedule, clipping, accumulation.
+//! - [`run`]: training runs from a `run.toml`, metrics, checkpoints and resume.
 
 pub mod ascl;
 pub mod data;
 pub mod gdqa;
+pub mod grpo;
+pub mod lora;
 pub mod metrics;
+pub mod optim;
 pub mod reward;
 pub mod rng;
+pub mod run;
+pub mod synth;

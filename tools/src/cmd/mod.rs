@@ -1,7 +1,12 @@
 //! The subcommands of `anatomy`, one module each.
 
 pub mod ask;
+pub mod ask_gguf;
 pub mod augment;
+pub mod bench;
 pub mod convert;
 pub mod curriculum;
 pub mod inspect;
+pub mod synth;
+pub mod tokenize;
+pub mod train;
