@@ -37,6 +37,10 @@ enum Command {
     Synth(cmd::synth::SynthArgs),
     /// Train with SFT or GRPO/DAPO/GPG/Dr. GRPO (+ ASCL, + GDQA) from a run.toml, or resume a run.
     Train(cmd::train::TrainArgs),
+    /// Draw runs' metrics.jsonl as PNGs: reward with S(q), and invalid-gradient ratio per class.
+    Plot(cmd::plot::PlotArgs),
+    /// Greedy accuracy per answer class and confusion matrix of a model or LoRA checkpoint.
+    Eval(cmd::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Train(args) => cmd::train::run(args),
+        Command::Plot(args) => cmd::plot::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

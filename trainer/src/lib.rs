@@ -10,9 +10,11 @@
 //! - [`grpo`]: rollouts, advantages and the GRPO / DAPO / GPG / Dr. GRPO losses.
 //! - [`lora`] and [`optim`]: LoRA adapters, AdamW, schedule, clipping, accumulation.
 //! - [`run`]: training runs from a `run.toml`, metrics, checkpoints and resume.
+//! - [`eval`]: greedy accuracy per answer class and the confusion matrix of a model or checkpoint.
 
 pub mod ascl;
 pub mod data;
+pub mod eval;
 pub mod gdqa;
 pub mod grpo;
 pub mod lora;

@@ -1,8 +1,10 @@
 //! `anatomy train`: run SFT or a GRPO-family method from a `run.toml`, or resume a run, with a live
-//! progress bar (step, reward, accuracy, S(q), invalid-gradient ratio).
+//! progress bar (step, reward, accuracy, S(q), invalid-gradient ratio); the run's plots are drawn
+//! into its directory at the end.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anatomy_trainer::run::plot::{load_run, plot_runs, DEFAULT_FONT};
 use anatomy_trainer::run::{RunConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -64,6 +66,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish();
-    eprintln!("run written to {}", trainer.config().output_dir.display());
+    let run_dir = args
+        .resume
+        .clone()
+        .unwrap_or_else(|| trainer.config().output_dir.clone());
+    // The run itself succeeded; a missing font must not turn it into a failure.
+    match load_run(&run_dir).and_then(|r| plot_runs(&[r], &run_dir, Path::new(DEFAULT_FONT))) {
+        Ok(files) => {
+            for f in files {
+                eprintln!("plot: {}", f.display());
+            }
+        }
+        Err(e) => eprintln!("warning: no plots: {e}"),
+    }
+    eprintln!("run written to {}", run_dir.display());
     Ok(())
 }

@@ -9,11 +9,13 @@
 //! - [`checkpoint`]: adapters, optimizer moments and run state, written to a temporary directory
 //!   and renamed into place.
 //! - [`record`]: the per-step metrics line.
+//! - [`plot`]: PNG figures of one or more runs' metrics (reward with S(q), invalid-gradient ratio).
 //! - [`synthetic`]: a small image multiple-choice task whose answer is the image's colour, for the
 //!   learning test and `configs/tiny-cpu.toml`.
 
 pub mod checkpoint;
 pub mod config;
+pub mod plot;
 pub mod record;
 pub mod sampling;
 pub mod synthetic;
