@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """GGUF cross-checks of `anatomy convert` against llama.cpp's own tools (fixtures for Rust tests).
 
-Two parts, each writing one JSON fixture under tests/fixtures/gguf/; the Rust tests
+Three parts. The first two each write one JSON fixture under tests/fixtures/gguf/; the Rust tests
 `tools/tests/gguf_crosscheck.rs` compare our converter and our dequantization with them, so CI
-needs no Python.
+needs no Python. The third writes llama.cpp's own GGUF files for one fixture, which the runtime
+must run.
 
 1. `names`  -> tests/fixtures/gguf/llamacpp_names.json
    What llama.cpp's converter writes for the committed tiny checkpoints
@@ -45,7 +46,16 @@ needs no Python.
    (builds and runs `cargo run -p anatomy-cli` and `cargo test -p anatomy-cli --test
    gguf_crosscheck kquant`; set ANATOMY_BIN to use an existing `anatomy` binary.)
 
-Run from the repository root. Deterministic: re-running rewrites identical JSON.
+3. `files` -> tests/fixtures/gguf/llamacpp/square-f32.gguf and square-f32-mmproj.gguf
+   The two files llama.cpp's converter writes for the `square` fixture at `--outtype f32`, with
+   the same scratch copy and the same two commands as `names` (so the same LLAMA_CPP and venv):
+     LLAMA_CPP=.../vendor/llama.cpp /tmp/refvenv/bin/python tools/reference/gguf_crosscheck.py files
+   They are kept as they come out of the converter (718,496 bytes together; re-running rewrites
+   byte-identical files, checked with sha256); the Rust test
+   `llamacpp_files_run` in tools/tests/runtime_gguf.rs runs our runtime on them and requires
+   HF's 16 recorded greedy tokens, so a file we did not write is known to load and run.
+
+Run from the repository root. Deterministic: re-running rewrites identical files.
 """
 
 from __future__ import annotations
@@ -166,6 +176,27 @@ def part_names(args) -> None:
     print(f"wrote {path.relative_to(ROOT)}")
 
 
+def part_files(args) -> None:
+    llama_cpp = Path(args.llama_cpp or os.environ.get("LLAMA_CPP", ""))
+    if not (llama_cpp / "convert_hf_to_gguf.py").exists():
+        sys.exit("set LLAMA_CPP (or --llama-cpp) to llama.cpp's source directory")
+    case = "square"
+    model = FIXTURES / "qwen2_5_vl" / case / "model"
+    dst_dir = FIXTURES / "gguf" / "llamacpp"
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        conv = scratch_converter(llama_cpp, Path(tmp), {tokenizer_hash(model, chktxt(llama_cpp))})
+        for suffix, extra in [("", []), ("-mmproj", ["--mmproj"])]:
+            dst = dst_dir / f"{case}-f32{suffix}.gguf"
+            r = subprocess.run([sys.executable, str(conv / "convert_hf_to_gguf.py"), str(model),
+                                "--outtype", "f32", "--outfile", str(dst), *extra],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(conv / "gguf-py")})
+            if r.returncode != 0:
+                sys.exit(f"convert_hf_to_gguf.py failed on {case}{suffix}:\n{r.stderr[-4000:]}")
+            print(f"wrote {dst.relative_to(ROOT)} ({dst.stat().st_size} bytes)")
+
+
 # Fixed sample positions, taken modulo the tensor's element count.
 SAMPLES = [0, 33, 255, 257, 4097, 33333, 123457, 524287]
 
@@ -253,10 +284,10 @@ def _dist_version(name: str) -> str | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["names", "dequant"])
+    p.add_argument("part", choices=["names", "dequant", "files"])
     p.add_argument("--llama-cpp", help="llama.cpp source directory (default $LLAMA_CPP)")
     args = p.parse_args()
-    {"names": part_names, "dequant": part_dequant}[args.part](args)
+    {"names": part_names, "dequant": part_dequant, "files": part_files}[args.part](args)
 
 
 if __name__ == "__main__":
