@@ -120,10 +120,7 @@ impl GgufFile {
             source,
         };
         let file = std::fs::File::open(path.as_ref()).map_err(io)?;
-        // SAFETY: the map is read-only and we never hand out `&mut`; the remaining hazard, another
-        // process truncating or rewriting the file while it is mapped, is inherent to memory-mapped
-        // model files (llama.cpp has the same contract) and documented on this type.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let map = map_readonly(&file).map_err(io)?;
         let header = parse_header(&map, &p)?;
         Ok(Self {
             path: p,
@@ -202,6 +199,15 @@ impl GgufFile {
 
 /// Parses and validates a whole GGUF header from `bytes` (the fuzz entry point). `path` only
 /// labels errors.
+/// Maps a model file read-only. The one place the project maps files, so the converter's reading of
+/// safetensors checkpoints shares this contract instead of carrying its own `unsafe`.
+pub fn map_readonly(file: &std::fs::File) -> std::io::Result<Mmap> {
+    // SAFETY: the map is read-only and we never hand out `&mut`; the remaining hazard, another
+    // process truncating or rewriting the file while it is mapped, is inherent to memory-mapped
+    // model files (llama.cpp has the same contract) and documented on `GgufFile`.
+    unsafe { Mmap::map(file) }
+}
+
 pub fn parse_header(bytes: &[u8], path: &str) -> Result<Header, GgufError> {
     let mut cur = Cursor {
         bytes,

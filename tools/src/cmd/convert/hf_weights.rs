@@ -40,8 +40,7 @@ impl HfWeights {
             let path = dir.join(&f);
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
-            // SAFETY: read-only map of a checkpoint nobody should modify during conversion.
-            let map = unsafe { Mmap::map(&file) }
+            let map = anatomy_runtime::gguf::map_readonly(&file)
                 .with_context(|| format!("mapping {}", path.display()))?;
             let st = SafeTensors::deserialize(&map)
                 .with_context(|| format!("reading {}", path.display()))?;
