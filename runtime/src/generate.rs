@@ -18,8 +18,49 @@ use crate::session::Session;
 pub const ANSWER_TAG: &str = "<answer>";
 /// Instruction put before a multiple-choice question (the trainer's general instruction).
 pub const CHOICE_INSTRUCTION: &str = "You are an expert in medical imaging, and I will provide you with a clinical image. Please analyze the image and follow the instructions:\n\n1.Select the most suitable option for the problem based on the given options. Only one correct answer exists. You should only return the choice letter, not any other text.\n\n2.Output the thinking process in <think> </think> and final answer in <answer> </answer> tags. The output answer format should be as follows:<think> ... </think> <answer>YOUR CHOICE HERE</answer>.";
+/// Heading of the option list when the model names none.
+pub const DEFAULT_OPTIONS_HEADING: &str = "Options";
 /// Most options (one letter each, A to Z).
 pub const MAX_OPTIONS: usize = 26;
+/// GGUF key of the instruction the model was trained with (`anatomy export` writes it).
+pub const PROMPT_INSTRUCTION_KEY: &str = "anatomy.prompt.instruction";
+/// GGUF key of the option-list heading the model was trained with.
+pub const PROMPT_HEADING_KEY: &str = "anatomy.prompt.options_heading";
+
+/// The multiple-choice prompt layout: the instruction and option heading put around a question.
+/// A model exported by `anatomy export` carries the ones it was trained on, because a model
+/// answers best in the wording it learnt; other files get [`CHOICE_INSTRUCTION`] and `Options`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptFormat {
+    pub instruction: String,
+    pub options_heading: String,
+}
+
+impl Default for PromptFormat {
+    fn default() -> Self {
+        PromptFormat {
+            instruction: CHOICE_INSTRUCTION.to_string(),
+            options_heading: DEFAULT_OPTIONS_HEADING.to_string(),
+        }
+    }
+}
+
+impl PromptFormat {
+    /// The format a language-model file states under `anatomy.prompt.*`, each part falling back
+    /// to the default when absent or empty.
+    pub fn from_gguf(f: &crate::gguf::GgufFile) -> Self {
+        let get = |k: &str| {
+            f.get(k)
+                .and_then(|v| v.as_str().map(String::from))
+                .filter(|s| !s.trim().is_empty())
+        };
+        let d = Self::default();
+        PromptFormat {
+            instruction: get(PROMPT_INSTRUCTION_KEY).unwrap_or(d.instruction),
+            options_heading: get(PROMPT_HEADING_KEY).unwrap_or(d.options_heading),
+        }
+    }
+}
 
 /// Where the image comes from.
 #[derive(Debug, Clone)]
@@ -96,9 +137,19 @@ pub fn option_letter(i: usize) -> char {
     (b'A' + i as u8) as char
 }
 
-/// The question text sent to the model: as is, or with the choice instruction and lettered
-/// options in the trainer's layout.
+/// The question text sent to a model without a stated prompt format: as is, or with
+/// [`CHOICE_INSTRUCTION`] and lettered options in the trainer's layout.
 pub fn question_text(question: &str, options: &[String]) -> Result<String, RuntimeError> {
+    question_text_in(&PromptFormat::default(), question, options)
+}
+
+/// The question text in `format`: as is without options, else the instruction, `Question:`, the
+/// question, the heading and `A. option` lines, as the trainer's `prompt::render` lays them out.
+pub fn question_text_in(
+    format: &PromptFormat,
+    question: &str,
+    options: &[String],
+) -> Result<String, RuntimeError> {
     if options.is_empty() {
         return Ok(question.to_string());
     }
@@ -114,7 +165,10 @@ pub fn question_text(question: &str, options: &[String]) -> Result<String, Runti
             option_letter(i)
         )));
     }
-    let mut s = format!("{CHOICE_INSTRUCTION}\nQuestion:\n{question}\nOptions:");
+    let mut s = format!(
+        "{}\nQuestion:\n{question}\n{}:",
+        format.instruction, format.options_heading
+    );
     for (i, o) in options.iter().enumerate() {
         s.push_str(&format!("\n{}. {}", option_letter(i), o.trim()));
     }
@@ -173,7 +227,7 @@ impl<B: Backend> Session<'_, B> {
         req: &AskRequest,
         on_text: &mut dyn FnMut(&str) -> Flow,
     ) -> Result<Answer, RuntimeError> {
-        let question = question_text(&req.question, &req.options)?;
+        let question = question_text_in(self.model().prompt_format(), &req.question, &req.options)?;
         let mut timings = Timings {
             load_ms: self.model().load_ms(),
             ..Default::default()
@@ -356,6 +410,20 @@ mod tests {
         let many: Vec<String> = (0..27).map(|i| i.to_string()).collect();
         assert!(question_text("q", &many).is_err());
         assert_eq!(question_text("q", &[]).unwrap(), "q");
+    }
+
+    #[test]
+    fn a_stated_format_replaces_instruction_and_heading() {
+        let f = PromptFormat {
+            instruction: "Pick one.".into(),
+            options_heading: "Anatomy Options".into(),
+        };
+        let q = question_text_in(&f, "Where?", &["Liver".into(), "Gut".into()]).unwrap();
+        assert_eq!(
+            q,
+            "Pick one.\nQuestion:\nWhere?\nAnatomy Options:\nA. Liver\nB. Gut"
+        );
+        assert_eq!(question_text_in(&f, "Where?", &[]).unwrap(), "Where?");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use anatomy_models::qwen2_5_vl::template::{END_OF_TEXT, IMAGE_PAD, IM_END};
 
 use crate::backend::{Backend, CpuBackend};
 use crate::error::RuntimeError;
+use crate::generate::PromptFormat;
 use crate::gguf::qwen2vl::{LmParams, MmprojParams};
 use crate::gguf::GgufFile;
 use crate::model::weights::{LmWeights, VisionWeights};
@@ -63,6 +64,7 @@ pub struct Model<B: Backend = CpuBackend> {
     context: usize,
     load_ms: f64,
     lm_bytes: u64,
+    prompt: PromptFormat,
 }
 
 impl Model<CpuBackend> {
@@ -181,6 +183,7 @@ impl<B: Backend> Model<B> {
             .min(text.p.context_length)
             .max(1);
         Ok(Self {
+            prompt: PromptFormat::from_gguf(&lm_file),
             lm_bytes: lm_file.file_size(),
             backend,
             text,
@@ -215,6 +218,11 @@ impl<B: Backend> Model<B> {
 
     pub fn has_vision(&self) -> bool {
         self.vision.is_some()
+    }
+
+    /// The multiple-choice prompt layout the model was trained on (or the default).
+    pub fn prompt_format(&self) -> &PromptFormat {
+        &self.prompt
     }
 
     pub fn load_ms(&self) -> f64 {

@@ -27,6 +27,8 @@ enum Command {
     Augment(cmd::augment::AugmentArgs),
     /// Convert an HF Qwen2.5-VL checkpoint into GGUF files (language model and vision projector).
     Convert(cmd::convert::ConvertArgs),
+    /// Create a random-weight Qwen2.5-VL of given sizes with a BPE vocabulary trained on question files.
+    InitBase(cmd::init_base::InitBaseArgs),
     /// Show a GGUF file's metadata and tensors.
     Inspect(cmd::inspect::InspectArgs),
     /// Show the token ids the runtime's GGUF tokenizer gives a text.
@@ -39,8 +41,10 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Draw runs' metrics.jsonl as PNGs: reward with S(q), and invalid-gradient ratio per class.
     Plot(cmd::plot::PlotArgs),
-    /// Greedy accuracy per answer class and confusion matrix of a model or LoRA checkpoint.
+    /// Accuracy per answer class, confusion matrix, calibration and latency of a model.
     Eval(cmd::eval::EvalArgs),
+    /// Merge a run's LoRA adapters into its base and write the GGUF files (with provenance).
+    Export(cmd::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Curriculum(args) => cmd::curriculum::run(args),
         Command::Augment(args) => cmd::augment::run(args),
         Command::Convert(args) => cmd::convert::run(args),
+        Command::InitBase(args) => cmd::init_base::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Bench(args) => cmd::bench::run(args),
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(args),
         Command::Plot(args) => cmd::plot::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Export(args) => cmd::export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

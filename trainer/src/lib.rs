@@ -11,10 +11,13 @@
 //! - [`lora`] and [`optim`]: LoRA adapters, AdamW, schedule, clipping, accumulation.
 //! - [`run`]: training runs from a `run.toml`, metrics, checkpoints and resume.
 //! - [`eval`]: greedy accuracy per answer class and the confusion matrix of a model or checkpoint.
+//! - [`export`]: LoRA adapters folded into the base's HF safetensors, for `anatomy export`.
 
 pub mod ascl;
+pub mod base;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod gdqa;
 pub mod grpo;
 pub mod lora;

@@ -2,7 +2,8 @@
 //!
 //! `--model lm.gguf [--mmproj mmproj.gguf]` runs the lean runtime (`anatomy_runtime`, no candle)
 //! on GGUF files; `--hf <dir>` runs the candle reference implementation on an HF checkpoint
-//! directory (the path the fixtures check against transformers).
+//! directory (the path the fixtures check against transformers). With neither, the demo model
+//! committed under `demo/` answers (see [`demo_files`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ pub struct AskArgs {
     #[arg(long, requires = "model")]
     pub(crate) mmproj: Option<PathBuf>,
     /// Multiple-choice options separated by ';': prints the chosen letter and option probabilities.
-    #[arg(long, requires = "model")]
+    #[arg(long, conflicts_with = "hf")]
     pub(crate) options: Option<String>,
     /// Worker threads (GGUF runtime); physical cores by default.
     #[arg(long)]
@@ -72,7 +73,43 @@ pub struct AskArgs {
     pub(crate) json: bool,
 }
 
-pub fn run(args: AskArgs) -> Result<()> {
+/// Environment variable that points at another demo directory (tests, packaged installs).
+pub const DEMO_DIR_ENV: &str = "ANATOMY_DEMO_DIR";
+/// The demo model's language-model file, in the demo directory.
+pub const DEMO_MODEL: &str = "anatomy-demo.gguf";
+/// The demo model's vision-projector file, in the demo directory.
+pub const DEMO_MMPROJ: &str = "anatomy-demo-mmproj.gguf";
+
+/// The demo directory: `$ANATOMY_DEMO_DIR`, else `demo/` of the source tree this binary was
+/// built from (so `cargo run -- ask ...` works from a fresh clone).
+pub fn demo_dir() -> PathBuf {
+    match std::env::var_os(DEMO_DIR_ENV) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../demo")),
+    }
+}
+
+/// The demo model's two files, checked to exist.
+pub fn demo_files() -> Result<(PathBuf, PathBuf)> {
+    let dir = demo_dir();
+    let (lm, mm) = (dir.join(DEMO_MODEL), dir.join(DEMO_MMPROJ));
+    for p in [&lm, &mm] {
+        if !p.is_file() {
+            bail!(
+                "no --model or --hf given, and the demo model file {} does not exist (set {DEMO_DIR_ENV} to the directory holding {DEMO_MODEL} and {DEMO_MMPROJ}, or pass --model <lm.gguf> --mmproj <mmproj.gguf>)",
+                p.display()
+            );
+        }
+    }
+    Ok((lm, mm))
+}
+
+pub fn run(mut args: AskArgs) -> Result<()> {
+    if args.model.is_none() && args.hf.is_none() {
+        let (lm, mm) = demo_files()?;
+        args.model = Some(lm);
+        args.mmproj = Some(mm);
+    }
     if args.model.is_some() {
         return super::ask_gguf::run(&args);
     }

@@ -68,14 +68,30 @@ pub fn convert(
     recipe: Recipe,
     progress: bool,
 ) -> Result<()> {
+    convert_with(dir, out, mmproj, recipe, progress, None, Vec::new())
+}
+
+/// [`convert`] with `general.name` given (instead of the directory's name) and `extra` metadata
+/// appended to the language-model file (`anatomy export`'s provenance).
+pub fn convert_with(
+    dir: &Path,
+    out: &Path,
+    mmproj: Option<&Path>,
+    recipe: Recipe,
+    progress: bool,
+    name: Option<&str>,
+    extra: Vec<(String, OwnedValue)>,
+) -> Result<()> {
     let cfg = Config::from_file(dir.join("config.json"))?;
     let weights = HfWeights::open(dir)?;
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into());
+    let name = name.map(String::from).unwrap_or_else(|| {
+        dir.canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into())
+    });
     let mut lm_meta = metadata::language(&cfg, dir, &name, recipe)?;
+    lm_meta.extend(extra);
     let lm = plan(&weights, &cfg, GgufFileKind::Language, recipe)?;
     lm_meta.push(("general.size_label".into(), size_label(&lm)));
     write(out, &lm_meta, lm, &weights, progress)?;

@@ -1,5 +1,7 @@
 //! `anatomy inspect`: a GGUF file's metadata and tensor table (name, type, shape, bytes), totals
 //! and bits per weight, as text or as one JSON object. Long arrays (token lists) are summarised.
+//! The training provenance `anatomy export` writes (`anatomy.*`) is shown in full first, since it
+//! is what a reader of an exported model wants to know.
 
 use std::path::PathBuf;
 
@@ -9,6 +11,8 @@ use std::io::Write as _;
 
 use anyhow::Result;
 use serde_json::{json, Value as Json};
+
+use super::export::PREFIX;
 
 /// Arrays longer than this print their length and first elements only.
 const ARRAY_HEAD: usize = 8;
@@ -42,6 +46,21 @@ fn value_json(v: &Value<'_>) -> Json {
             .or_else(|| other.as_u64().map(Json::from))
             .unwrap_or(Json::Null),
     }
+}
+
+/// The `anatomy.*` keys without their prefix, values whole; `final_metrics` (a JSON line) parsed.
+fn provenance_json(f: &GgufFile) -> serde_json::Map<String, Json> {
+    f.metadata()
+        .filter_map(|(k, v)| Some((k.strip_prefix(PREFIX)?.to_string(), v)))
+        .map(|(k, v)| {
+            let j = match (k.as_str(), v.as_str()) {
+                ("final_metrics", Some(s)) => serde_json::from_str(s).unwrap_or_else(|_| json!(s)),
+                (_, Some(s)) => json!(s),
+                _ => value_json(&v),
+            };
+            (k, j)
+        })
+        .collect()
 }
 
 fn value_text(v: &Value<'_>) -> String {
@@ -90,6 +109,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
             "data_offset": f.data_offset(),
             "file_size": f.file_size(),
             "metadata": meta,
+            "provenance": provenance_json(&f),
             "tensors": tensors,
             "totals": { "tensors": tensors.len(), "parameters": params, "bytes": bytes, "bits_per_weight": bpw },
         });
@@ -105,6 +125,22 @@ pub fn run(args: InspectArgs) -> Result<()> {
         f.data_offset(),
         f.file_size()
     )?;
+    let prov = provenance_json(&f);
+    if !prov.is_empty() {
+        writeln!(o, "\nprovenance (anatomy.*):")?;
+        for (k, v) in &prov {
+            let text = match v {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            // Multi-line values (the settings TOML, the init chain) are indented under the key.
+            let mut lines = text.lines();
+            writeln!(o, "  {k:<24} {}", lines.next().unwrap_or_default())?;
+            for l in lines {
+                writeln!(o, "  {:<24} {l}", "")?;
+            }
+        }
+    }
     writeln!(o, "\nmetadata ({} keys):", f.keys().count())?;
     for (k, v) in f.metadata() {
         writeln!(

@@ -7,6 +7,8 @@ pub mod bench;
 pub mod convert;
 pub mod curriculum;
 pub mod eval;
+pub mod export;
+pub mod init_base;
 pub mod inspect;
 pub mod plot;
 pub mod synth;
