@@ -13,6 +13,7 @@ use crate::backend::Backend;
 use crate::error::RuntimeError;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::session::Session;
+use crate::Tokenizer;
 
 /// The tag after which the answer letter is read.
 pub const ANSWER_TAG: &str = "<answer>";
@@ -253,6 +254,7 @@ impl<B: Backend> Session<'_, B> {
         timings.prefill_tokens = ids.len();
 
         let letters = self.letter_ids(req.options.len());
+        let fused = self.fused_letter_ids(req.options.len());
         let stops = self.model().special_tokens().stops.clone();
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut out: Vec<u32> = Vec::with_capacity(req.max_tokens);
@@ -265,11 +267,25 @@ impl<B: Backend> Session<'_, B> {
         // The last sampled token is in the KV cache unless the loop ended on it.
         let mut last_fed = true;
         while out.len() < req.max_tokens {
-            if !letters.is_empty() && tag_seen && probs.is_none() {
-                probs = Some(option_probs(self.logits(), &letters));
+            // Byte-level BPE vocabularies (Qwen2's included) often fuse the tag's `>` with the
+            // letter (`<answer>B` is `<`, `answer`, `>B`), so the letter may be chosen while the tag
+            // is still open. Score the fused tokens there, and keep that score only if the model
+            // does take one of them; otherwise the tag closes first and the letters come next.
+            let mut fused_probs: Option<(Vec<f32>, &[Vec<u32>])> = None;
+            if !letters.is_empty() && probs.is_none() {
+                if tag_seen {
+                    probs = Some(option_probs(self.logits(), &letters));
+                } else if let Some(fused) = open_tag_rest(&text_bytes).and_then(|r| fused.get(r)) {
+                    fused_probs = Some((option_probs(self.logits(), fused), fused));
+                }
             }
             let (logits, history) = self.logits_and_tokens();
             let next = sampler.sample(logits, history);
+            if let Some((p, fused)) = fused_probs {
+                if fused.iter().any(|ids| ids.contains(&next)) {
+                    probs = Some(p);
+                }
+            }
             if stops.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
@@ -308,11 +324,22 @@ impl<B: Backend> Session<'_, B> {
             if !last_fed {
                 tail.extend(out.last().copied());
             }
+            // Open the tag the way the model's vocabulary would continue it: without its `>`
+            // when every letter has a fused `>X` token, so that the letters are scored where
+            // the model itself would write them.
+            let open = &ANSWER_TAG[..ANSWER_TAG.len() - 1];
+            let closing = &ANSWER_TAG[ANSWER_TAG.len() - 1..];
+            let fused_close = fused.get(closing).filter(|_| !tag_seen);
             if !tag_seen {
-                tail.extend(self.model().tokenizer().encode(ANSWER_TAG)?);
+                let tag = if fused_close.is_some() {
+                    open
+                } else {
+                    ANSWER_TAG
+                };
+                tail.extend(self.model().tokenizer().encode(tag)?);
             }
             self.append(&tail)?;
-            probs = Some(option_probs(self.logits(), &letters));
+            probs = Some(option_probs(self.logits(), fused_close.unwrap_or(&letters)));
         }
         let choice = probs.as_ref().map(|p| {
             let best = p
@@ -333,6 +360,13 @@ impl<B: Backend> Session<'_, B> {
             answer_tag_generated,
             timings,
         })
+    }
+
+    /// For each way the answer tag can still be open (`>`, `r>`, ... `<answer>` minus a prefix
+    /// the model has written), the single tokens that close it and carry a letter (`>B`, `> B`),
+    /// per option; only the rests for which every option has such a token.
+    fn fused_letter_ids(&self, n: usize) -> std::collections::HashMap<&'static str, Vec<Vec<u32>>> {
+        fused_letter_ids(self.model().tokenizer(), n)
     }
 
     /// For each option letter, the ids of `X` and ` X` (either may follow the tag).
@@ -357,6 +391,42 @@ impl<B: Backend> Session<'_, B> {
     }
 }
 
+/// For each way the answer tag can still be open (`>`, `r>`, ... : `<answer>` minus the prefix
+/// already written), the single tokens of `tok` that close it and carry a letter (`>B`, `> B`),
+/// per option; only the rests for which every one of the `n` options has such a token.
+pub fn fused_letter_ids(
+    tok: &Tokenizer,
+    n: usize,
+) -> std::collections::HashMap<&'static str, Vec<Vec<u32>>> {
+    let mut out = std::collections::HashMap::new();
+    if n == 0 {
+        return out;
+    }
+    for k in 1..ANSWER_TAG.len() {
+        let rest = &ANSWER_TAG[k..];
+        let per_letter: Vec<Vec<u32>> = (0..n)
+            .map(|i| {
+                let l = option_letter(i);
+                let mut ids = Vec::new();
+                for s in [format!("{rest}{l}"), format!("{rest} {l}")] {
+                    if let Ok(v) = tok.encode(&s) {
+                        if let [one] = v[..] {
+                            if !ids.contains(&one) {
+                                ids.push(one);
+                            }
+                        }
+                    }
+                }
+                ids
+            })
+            .collect();
+        if per_letter.iter().all(|ids| !ids.is_empty()) {
+            out.insert(rest, per_letter);
+        }
+    }
+    out
+}
+
 /// Softmax probability of each option's letter tokens, normalised over the options.
 pub fn option_probs(logits: &[f32], letters: &[Vec<u32>]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -373,6 +443,16 @@ pub fn option_probs(logits: &[f32], letters: &[Vec<u32>]) -> Vec<f32> {
     p.iter()
         .map(|&x| if total > 0.0 { (x / total) as f32 } else { 0.0 })
         .collect()
+}
+
+/// What is left of the answer tag when `text` ends with a proper prefix of it (`<answer` gives
+/// `>`), or `None`.
+fn open_tag_rest(text: &[u8]) -> Option<&'static str> {
+    let tag = ANSWER_TAG.as_bytes();
+    (1..tag.len())
+        .rev()
+        .find(|&k| text.ends_with(&tag[..k]))
+        .map(|k| &ANSWER_TAG[k..])
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -424,6 +504,14 @@ mod tests {
             "Pick one.\nQuestion:\nWhere?\nAnatomy Options:\nA. Liver\nB. Gut"
         );
         assert_eq!(question_text_in(&f, "Where?", &[]).unwrap(), "Where?");
+    }
+
+    #[test]
+    fn an_open_answer_tag_is_recognised_by_what_it_lacks() {
+        assert_eq!(open_tag_rest(b"<think> </think> <answer"), Some(">"));
+        assert_eq!(open_tag_rest(b"x <ans"), Some("wer>"));
+        assert_eq!(open_tag_rest(b"<answer>"), None);
+        assert_eq!(open_tag_rest(b"answer"), None);
     }
 
     #[test]

@@ -107,3 +107,22 @@ fn equals_hf_tokenizers_on_the_real_qwen2_vocabulary() {
     }
     eprintln!("{agree}/{} texts tokenized identically", TEXTS.len());
 }
+
+/// Qwen2's vocabulary writes `<answer>B` as `<`, `answer`, `>B`: the letter is chosen while the
+/// tag is still open, so the runtime must know the fused `>X` tokens to read option probabilities
+/// where the model actually decides.
+#[test]
+fn qwen2_fuses_the_closing_bracket_with_the_letter() {
+    let f = GgufFile::open(&vocab_path()).unwrap();
+    let tok = Tokenizer::from_gguf(&f).unwrap();
+    let ids = tok.encode("<answer>B").unwrap();
+    let fused = anatomy_runtime::generate::fused_letter_ids(&tok, 4);
+    let after_open = &fused[">"];
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(after_open[1].contains(&ids[2]));
+    for (i, letter) in ["A", "B", "C", "D"].iter().enumerate() {
+        let want = tok.encode(&format!(">{letter}")).unwrap();
+        assert_eq!(want.len(), 1);
+        assert!(after_open[i].contains(&want[0]));
+    }
+}
