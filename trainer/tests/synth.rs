@@ -18,6 +18,7 @@ fn config(count: usize, seed: u64) -> SynthConfig {
         size: 96,
         holdout_fraction: 0.25,
         per_image: 2,
+        ..SynthConfig::default()
     }
 }
 
@@ -270,4 +271,29 @@ fn check_vertical_relation(
         return true;
     }
     false
+}
+
+#[test]
+fn forms_and_balance_restrict_and_even_out_the_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig {
+        count: 60,
+        per_image: 1,
+        holdout_fraction: 0.0,
+        forms: vec![Form::Position],
+        balance: true,
+        ..config(60, 4)
+    };
+    let summary = generate(dir.path(), &cfg, &|_| {}).unwrap();
+    assert_eq!(summary.forms["position"], 60, "{:?}", summary.forms);
+    assert_eq!(summary.answers.len(), 6, "{:?}", summary.answers);
+    for (class, n) in &summary.answers {
+        assert!(
+            (2..=16).contains(n),
+            "{class}: {n} of 60 ({:?})",
+            summary.answers
+        );
+    }
+    let plain = generate(tempfile::tempdir().unwrap().path(), &config(60, 4), &|_| {}).unwrap();
+    assert!(plain.forms["attribute"] + plain.forms["relation"] > 0);
 }

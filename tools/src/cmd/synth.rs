@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anatomy_trainer::synth::{generate, SynthConfig};
+use anatomy_trainer::synth::{generate, Form, SynthConfig};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -29,6 +29,12 @@ pub struct SynthArgs {
     /// Distinct questions per scene (fewer when a scene does not allow that many).
     #[arg(long, default_value_t = 1)]
     per_image: usize,
+    /// Only these question forms (comma-separated: position, attribute, relation); all by default.
+    #[arg(long, value_delimiter = ',', value_parser = parse_form)]
+    forms: Vec<Form>,
+    /// Balance the correct answers over the six anatomy classes.
+    #[arg(long)]
+    balance: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -44,6 +50,8 @@ pub fn run(args: SynthArgs) -> Result<()> {
         size: args.size,
         holdout_fraction: args.holdout_fraction,
         per_image: args.per_image,
+        forms: args.forms,
+        balance: args.balance,
     };
     // Check before drawing a progress bar, so a bad flag gives only its message.
     config.validate()?;
@@ -85,4 +93,15 @@ pub fn run(args: SynthArgs) -> Result<()> {
         println!("answers: {}", answers.join(", "));
     }
     Ok(())
+}
+
+fn parse_form(s: &str) -> Result<Form, String> {
+    match s.trim() {
+        "position" => Ok(Form::Position),
+        "attribute" => Ok(Form::Attribute),
+        "relation" => Ok(Form::Relation),
+        other => Err(format!(
+            "unknown form {other:?} (position, attribute, relation)"
+        )),
+    }
 }

@@ -63,6 +63,11 @@ pub struct SynthConfig {
     pub holdout_fraction: f64,
     /// Questions per scene (distinct questions; fewer when the scene does not allow that many).
     pub per_image: usize,
+    /// The question forms asked; empty means all, in the real data's mix.
+    pub forms: Vec<Form>,
+    /// Balance the correct answers over the six classes: scene `i` prefers a question whose answer
+    /// is class `i mod 6` (the real data is about 40% liver, which a small model learns to guess).
+    pub balance: bool,
 }
 
 impl Default for SynthConfig {
@@ -73,6 +78,8 @@ impl Default for SynthConfig {
             size: 224,
             holdout_fraction: 0.2,
             per_image: 1,
+            forms: Vec::new(),
+            balance: false,
         }
     }
 }
@@ -186,18 +193,37 @@ pub fn make_scene(
     size: usize,
     per_image: usize,
 ) -> Result<(Scene, Vec<Asked>), SynthError> {
+    make_scene_with(seed, index, size, per_image, &[], false)
+}
+
+/// [`make_scene`] restricted to `forms` (empty: all) and, with `balance`, preferring questions
+/// whose answer is class `index mod 6`. Without either it draws exactly what [`make_scene`] draws.
+pub fn make_scene_with(
+    seed: u64,
+    index: usize,
+    size: usize,
+    per_image: usize,
+    forms: &[Form],
+    balance: bool,
+) -> Result<(Scene, Vec<Asked>), SynthError> {
     let mut rng = scene_rng(seed, index);
-    // A layout that allows no unambiguous question (rare) is replaced by the next one drawn.
-    for _ in 0..16 {
+    let target = balance.then(|| Structure::ALL[index % Structure::ALL.len()]);
+    // A layout that allows no unambiguous question (rare) is replaced by the next one drawn; with
+    // a target class, layouts are also redrawn until one lets the class be asked about, and only
+    // the last few accept any answer.
+    let layouts = if target.is_some() { 160 } else { 16 };
+    for layout in 0..layouts {
         let scene = Scene::generate(size, &mut rng);
         let facts = scene.facts();
+        let any_answer = layout + 8 >= layouts;
         let mut asked: Vec<Asked> = Vec::new();
         for _ in 0..per_image * 4 {
             if asked.len() == per_image {
                 break;
             }
-            if let Some(a) = questions::ask(&scene, &facts, &mut rng) {
-                if asked.iter().all(|b| b.question != a.question) {
+            if let Some(a) = questions::ask_forms(&scene, &facts, &mut rng, forms) {
+                let wanted = any_answer || target.is_none_or(|t| a.structure == t);
+                if wanted && asked.iter().all(|b| b.question != a.question) {
                     asked.push(a);
                 }
             }
@@ -277,12 +303,18 @@ pub fn generate(
                     break;
                 }
                 let rel = format!("images/{i:0digits$}.png");
-                let made = make_scene(config.seed, i, config.size, config.per_image).and_then(
-                    |(scene, asked)| {
-                        write_png(&out.join(&rel), &render::render(&scene), config.size)?;
-                        Ok(asked.iter().map(|a| Record::new(a, &rel)).collect())
-                    },
-                );
+                let made = make_scene_with(
+                    config.seed,
+                    i,
+                    config.size,
+                    config.per_image,
+                    &config.forms,
+                    config.balance,
+                )
+                .and_then(|(scene, asked)| {
+                    write_png(&out.join(&rel), &render::render(&scene), config.size)?;
+                    Ok(asked.iter().map(|a| Record::new(a, &rel)).collect())
+                });
                 match made {
                     Ok(records) => {
                         if let Ok(mut r) = results.lock() {

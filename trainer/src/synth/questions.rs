@@ -254,6 +254,16 @@ fn pick<T: Copy>(rng: &mut SplitMix64, xs: &[T]) -> T {
 
 /// Asks one question about `scene`, or `None` when no form yields an unambiguous one.
 pub fn ask(scene: &Scene, facts: &[Facts], rng: &mut SplitMix64) -> Option<Asked> {
+    ask_forms(scene, facts, rng, &[])
+}
+
+/// [`ask`] limited to `forms` (empty: all forms, in the real data's mix).
+pub fn ask_forms(
+    scene: &Scene,
+    facts: &[Facts],
+    rng: &mut SplitMix64,
+    forms: &[Form],
+) -> Option<Asked> {
     let view = View { scene, facts };
     // The real data is about half position questions; the rest split between the other forms.
     let first = match rng.below(20) {
@@ -267,6 +277,9 @@ pub fn ask(scene: &Scene, facts: &[Facts], rng: &mut SplitMix64) -> Option<Asked
         Form::Relation => [Form::Relation, Form::Attribute, Form::Position],
     };
     for form in order {
+        if !forms.is_empty() && !forms.contains(&form) {
+            continue;
+        }
         for _ in 0..12 {
             let got = match form {
                 Form::Position => position(scene, rng),
