@@ -35,6 +35,14 @@ pub struct SynthArgs {
     /// Balance the correct answers over the six anatomy classes.
     #[arg(long)]
     balance: bool,
+    /// Put this instruction before each question instead of the paper's.
+    #[arg(long)]
+    instruction: Option<String>,
+    /// Instead of scenes, the flat-colour task of the learning tests: `count` questions "What
+    /// colour is the image?" over this many colours (2-4), each colour keeping its letter, written
+    /// as `questions.jsonl` with one PNG per colour.
+    #[arg(long, value_name = "N")]
+    colour_task: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -44,6 +52,18 @@ pub struct SynthArgs {
 }
 
 pub fn run(args: SynthArgs) -> Result<()> {
+    if let Some(colours) = args.colour_task {
+        anyhow::ensure!(
+            (2..=4).contains(&colours),
+            "--colour-task takes 2 to 4 colours, got {colours}"
+        );
+        let path = anatomy_trainer::run::synthetic::write_colour_task(
+            &args.out, args.count, colours, false, args.seed,
+        )
+        .with_context(|| format!("writing the colour task to {}", args.out.display()))?;
+        println!("{} questions in {}", args.count, path.display());
+        return Ok(());
+    }
     let config = SynthConfig {
         count: args.count,
         seed: args.seed,
@@ -52,6 +72,7 @@ pub fn run(args: SynthArgs) -> Result<()> {
         per_image: args.per_image,
         forms: args.forms,
         balance: args.balance,
+        instruction: args.instruction,
     };
     // Check before drawing a progress bar, so a bad flag gives only its message.
     config.validate()?;

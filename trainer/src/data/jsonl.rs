@@ -1,5 +1,6 @@
 //! Our own JSONL: one object per line with `image`, `question`, `options` (array of texts) and
-//! `answer` (the letter or the option text); `id` is optional.
+//! `answer` (the letter or the option text); `id` and `instruction` (the text put before the
+//! question, [`DEFAULT_INSTRUCTION`] when absent) are optional.
 
 use super::{
     find_option, parse_letter, remap_image, str_field, validate, LoadOptions, Question, RecordError,
@@ -41,10 +42,14 @@ pub fn parse(
         Some(serde_json::Value::Number(n)) => n.to_string(),
         _ => index.to_string(),
     };
+    let instruction = match record.get("instruction") {
+        None | Some(serde_json::Value::Null) => DEFAULT_INSTRUCTION.to_string(),
+        Some(_) => str_field(record, "instruction")?.to_string(),
+    };
     validate(Question {
         id,
         image: remap_image(image, options),
-        instruction: DEFAULT_INSTRUCTION.to_string(),
+        instruction,
         question: question.trim().to_string(),
         options_heading: "Options".to_string(),
         options: texts,

@@ -26,20 +26,24 @@ pub const GENERAL_INSTRUCTION_VARIANTS: [&str; 2] = [
 
 /// The wordings an instruction may be swapped for without changing what is asked: the paper's
 /// three among themselves, and the general ones among themselves (so that a cholecystectomy
-/// instruction never lands on other data, nor the reverse).
-pub fn instruction_variants(instruction: &str) -> Vec<&'static str> {
+/// instruction never lands on other data, nor the reverse). An instruction of neither family is
+/// kept as it is: nothing says another wording would ask for the same output.
+pub fn instruction_variants(instruction: &str) -> Vec<String> {
     let paper = [
         PAPER_INSTRUCTION_CHOICE,
         PAPER_INSTRUCTION_GDQA,
         PAPER_INSTRUCTION_ANSWER,
     ];
-    if paper.contains(&instruction) {
+    let mut general = vec![DEFAULT_INSTRUCTION];
+    general.extend(GENERAL_INSTRUCTION_VARIANTS);
+    let family: Vec<&str> = if paper.contains(&instruction) {
         paper.to_vec()
+    } else if general.contains(&instruction) {
+        general
     } else {
-        let mut v = vec![DEFAULT_INSTRUCTION];
-        v.extend(GENERAL_INSTRUCTION_VARIANTS);
-        v
-    }
+        vec![instruction]
+    };
+    family.into_iter().map(str::to_string).collect()
 }
 
 /// The full RL prompt of a question.
@@ -98,12 +102,13 @@ mod tests {
     fn every_instruction_asks_for_the_think_answer_format() {
         for i in [PAPER_INSTRUCTION_ANSWER, DEFAULT_INSTRUCTION]
             .into_iter()
+            .map(str::to_string)
             .chain(instruction_variants(PAPER_INSTRUCTION_CHOICE))
             .chain(instruction_variants(DEFAULT_INSTRUCTION))
         {
             assert!(i.contains("<think> ... </think> <answer>"), "{i}");
         }
         assert_eq!(instruction_variants(PAPER_INSTRUCTION_GDQA).len(), 3);
-        assert!(!instruction_variants("custom").contains(&PAPER_INSTRUCTION_ANSWER));
+        assert_eq!(instruction_variants("custom"), ["custom"]);
     }
 }

@@ -132,7 +132,7 @@ pub fn make_variants(q: &Question, k: usize, seed: u64) -> Vec<Question> {
         if !phrasings.is_empty() {
             variant.question = phrasings[(v - 1) % phrasings.len()].clone();
         }
-        variant.instruction = instructions[v % instructions.len()].to_string();
+        variant.instruction = instructions[v % instructions.len()].clone();
         // new slot i holds old option perm[i]
         let perm = permutation(q.options.len(), &mut rng);
         variant.options = perm.iter().map(|&i| q.options[i].clone()).collect();

@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 use super::RunError;
 use crate::rng::SplitMix64;
 
+/// The colour task's instruction: short, so that a learning test spends its time on the answer
+/// rather than on a long prompt, and still asking for the tagged format the rewards score.
+pub const COLOUR_INSTRUCTION: &str =
+    "Answer with the letter of the right option: <think> </think> <answer>LETTER</answer>.";
+
 pub const COLOURS: [(&str, [u8; 3]); 4] = [
     ("Red", [230, 30, 30]),
     ("Green", [30, 200, 40]),
@@ -49,6 +54,7 @@ pub fn write_colour_task(
         let line = serde_json::json!({
             "id": format!("colour-{i}"),
             "image": format!("{}.png", COLOURS[answer].0.to_lowercase()),
+            "instruction": COLOUR_INSTRUCTION,
             "question": "What colour is the image?",
             "options": options,
             "answer": COLOURS[answer].0,

@@ -68,6 +68,9 @@ pub struct SynthConfig {
     /// Balance the correct answers over the six classes: scene `i` prefers a question whose answer
     /// is class `i mod 6` (the real data is about 40% liver, which a small model learns to guess).
     pub balance: bool,
+    /// The instruction put before each question instead of the paper's (e.g. a short one, which
+    /// makes training a small model several times faster); the SFT prompt gets it too.
+    pub instruction: Option<String>,
 }
 
 impl Default for SynthConfig {
@@ -80,6 +83,7 @@ impl Default for SynthConfig {
             per_image: 1,
             forms: Vec::new(),
             balance: false,
+            instruction: None,
         }
     }
 }
@@ -145,7 +149,7 @@ pub struct Record {
 }
 
 impl Record {
-    fn new(asked: &Asked, image: &str) -> Record {
+    fn new(asked: &Asked, image: &str, instruction: Option<&str>) -> Record {
         let mut body = format!("\nQuestion:\n{}\nAnatomy Options:", asked.question);
         for (i, o) in asked.options.iter().enumerate() {
             body.push('\n');
@@ -154,8 +158,8 @@ impl Record {
             body.push_str(o);
         }
         Record {
-            instruction: format!("{PAPER_INSTRUCTION_CHOICE}{body}"),
-            sft_prompt: format!("{PAPER_SFT_CHOICE}{body}"),
+            instruction: format!("{}{body}", instruction.unwrap_or(PAPER_INSTRUCTION_CHOICE)),
+            sft_prompt: format!("{}{body}", instruction.unwrap_or(PAPER_SFT_CHOICE)),
             solution: letter(asked.answer).to_string(),
             answer: asked.options[asked.answer].clone(),
             images: image.to_string(),
@@ -211,7 +215,7 @@ pub fn make_scene_with(
     // A layout that allows no unambiguous question (rare) is replaced by the next one drawn; with
     // a target class, layouts are also redrawn until one lets the class be asked about, and only
     // the last few accept any answer.
-    let layouts = if target.is_some() { 160 } else { 16 };
+    let layouts = if target.is_some() { 48 } else { 16 };
     for layout in 0..layouts {
         let scene = Scene::generate(size, &mut rng);
         let facts = scene.facts();
@@ -313,7 +317,10 @@ pub fn generate(
                 )
                 .and_then(|(scene, asked)| {
                     write_png(&out.join(&rel), &render::render(&scene), config.size)?;
-                    Ok(asked.iter().map(|a| Record::new(a, &rel)).collect())
+                    Ok(asked
+                        .iter()
+                        .map(|a| Record::new(a, &rel, config.instruction.as_deref()))
+                        .collect())
                 });
                 match made {
                     Ok(records) => {
