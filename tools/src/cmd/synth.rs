@@ -38,6 +38,10 @@ pub struct SynthArgs {
     /// Put this instruction before each question instead of the paper's.
     #[arg(long)]
     instruction: Option<String>,
+    /// List all six anatomy classes as options in a fixed order (each class keeps its letter)
+    /// instead of four shuffled ones.
+    #[arg(long)]
+    all_options: bool,
     /// Instead of scenes, the flat-colour task of the learning tests: `count` questions "What
     /// colour is the image?" over this many colours (2-4), each colour keeping its letter, written
     /// as `questions.jsonl` with one PNG per colour.
@@ -73,6 +77,7 @@ pub fn run(args: SynthArgs) -> Result<()> {
         forms: args.forms,
         balance: args.balance,
         instruction: args.instruction,
+        all_options: args.all_options,
     };
     // Check before drawing a progress bar, so a bad flag gives only its message.
     config.validate()?;

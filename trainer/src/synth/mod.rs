@@ -71,6 +71,8 @@ pub struct SynthConfig {
     /// The instruction put before each question instead of the paper's (e.g. a short one, which
     /// makes training a small model several times faster); the SFT prompt gets it too.
     pub instruction: Option<String>,
+    /// List all six classes as options, in a fixed order, instead of four shuffled ones.
+    pub all_options: bool,
 }
 
 impl Default for SynthConfig {
@@ -84,6 +86,7 @@ impl Default for SynthConfig {
             forms: Vec::new(),
             balance: false,
             instruction: None,
+            all_options: false,
         }
     }
 }
@@ -319,7 +322,14 @@ pub fn generate(
                     write_png(&out.join(&rel), &render::render(&scene), config.size)?;
                     Ok(asked
                         .iter()
-                        .map(|a| Record::new(a, &rel, config.instruction.as_deref()))
+                        .map(|a| {
+                            let a = if config.all_options {
+                                questions::with_all_options(a.clone())
+                            } else {
+                                a.clone()
+                            };
+                            Record::new(&a, &rel, config.instruction.as_deref())
+                        })
                         .collect())
                 });
                 match made {

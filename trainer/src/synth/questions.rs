@@ -294,6 +294,17 @@ pub fn ask_forms(
     None
 }
 
+/// All six classes as the options, in [`Structure::ALL`]'s order, so that each class keeps its
+/// letter (a small model then need not look its answer up among shuffled options).
+pub fn with_all_options(mut asked: Asked) -> Asked {
+    asked.options = Structure::ALL.iter().map(|s| s.name().to_string()).collect();
+    asked.answer = Structure::ALL
+        .iter()
+        .position(|&s| s == asked.structure)
+        .unwrap_or(0);
+    asked
+}
+
 /// The correct name and three other classes, shuffled.
 fn with_options(question: String, answer: Structure, form: Form, rng: &mut SplitMix64) -> Asked {
     let mut others: Vec<Structure> = Structure::ALL
