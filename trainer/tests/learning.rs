@@ -71,7 +71,7 @@ fn grpo_learns_the_colour_task_and_gdqa_lowers_invalid_gradients() {
     let mean =
         |rs: &[StepRecord]| rs.iter().map(|r| r.invalid_ratio).sum::<f32>() / rs.len() as f32;
     let (plain, with) = (mean(&grpo), mean(&gdqa));
-    println!("invalid-gradient ratio: grpo {plain:.3}, grpo+gdqa {with:.3}");
+    println!("invalid-gradient ratio over {n} steps: grpo {plain:.3}, grpo+gdqa {with:.3}");
     assert!(
         with < plain,
         "GDQA did not lower the invalid ratio ({with:.3} vs {plain:.3})"
