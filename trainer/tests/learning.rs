@@ -56,9 +56,10 @@ fn grpo_learns_the_colour_task_and_gdqa_lowers_invalid_gradients() {
     curve("grpo", &grpo);
     let (first, last) = fifth_means(&grpo, |r| r.accuracy);
     println!("grpo accuracy: first fifth {first:.3}, last fifth {last:.3}");
-    // Four options: chance is 0.25, and the warm start answers at about chance.
+    // Two options: chance is 0.5, and the warm start answers at about chance (below it while
+    // sampling still breaks the answer format now and then).
     assert!(
-        first < 0.35,
+        first < 0.6,
         "the warm start already knows the answers ({first:.3})"
     );
     assert!(
@@ -66,11 +67,14 @@ fn grpo_learns_the_colour_task_and_gdqa_lowers_invalid_gradients() {
         "accuracy rose only from {first:.3} to {last:.3}"
     );
 
-    let gdqa = run(&dir.path().join("gdqa"), &["gdqa.enabled=true"]);
+    // The same seed with GDQA, over the first 60 steps of both runs (CI time).
+    let n = 60;
+    let steps = format!("steps={n}");
+    let gdqa = run(&dir.path().join("gdqa"), &["gdqa.enabled=true", &steps]);
     curve("gdqa", &gdqa);
     let mean =
         |rs: &[StepRecord]| rs.iter().map(|r| r.invalid_ratio).sum::<f32>() / rs.len() as f32;
-    let (plain, with) = (mean(&grpo), mean(&gdqa));
+    let (plain, with) = (mean(&grpo[..n]), mean(&gdqa));
     println!("invalid-gradient ratio over {n} steps: grpo {plain:.3}, grpo+gdqa {with:.3}");
     assert!(
         with < plain,

@@ -297,7 +297,10 @@ pub fn ask_forms(
 /// All six classes as the options, in [`Structure::ALL`]'s order, so that each class keeps its
 /// letter (a small model then need not look its answer up among shuffled options).
 pub fn with_all_options(mut asked: Asked) -> Asked {
-    asked.options = Structure::ALL.iter().map(|s| s.name().to_string()).collect();
+    asked.options = Structure::ALL
+        .iter()
+        .map(|s| s.name().to_string())
+        .collect();
     asked.answer = Structure::ALL
         .iter()
         .position(|&s| s == asked.structure)
