@@ -3,29 +3,9 @@
 //! demo model used when no model is named, and a clear error when the demo files are missing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn anatomy(args: &[&str], demo: Option<&Path>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_anatomy"));
-    c.args(args);
-    if let Some(d) = demo {
-        c.env("ANATOMY_DEMO_DIR", d);
-    }
-    c.output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod cli;
+use cli::{anatomy_with_demo as anatomy, ok, s};
 
 /// The `square` fixture converted into demo-named files in `dir`.
 fn demo_files(dir: &Path) -> (PathBuf, PathBuf) {

@@ -5,7 +5,6 @@
 //! Also the cross-crate check that the runtime's multiple-choice prompt is the trainer's.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use anatomy_models::qwen2_5_vl::candle::Qwen25VL;
 use anatomy_runtime::generate::{question_text, question_text_in, ImageInput, PromptFormat};
@@ -15,31 +14,14 @@ use anatomy_trainer::lora::Lora;
 use anatomy_trainer::run::{checkpoint, RunConfig, Trainer};
 use candle_core::{DType, Device, Tensor};
 
+mod cli;
+use cli::{anatomy, ok, s};
+
 fn base() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/fixtures/qwen2_5_vl/square/model"
     ))
-}
-
-fn anatomy(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anatomy"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Synthetic scenes in the Anatomy-R1 layout (its own instruction and `Anatomy Options`

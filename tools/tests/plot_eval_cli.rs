@@ -2,26 +2,12 @@
 //! the issue names, and errors that point at the bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod cli;
+use cli::{anatomy, ok};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn anatomy(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anatomy"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn write_metrics(dir: &Path, invalid: f32) {
