@@ -113,7 +113,7 @@ fn equals_hf_tokenizers_on_the_real_qwen2_vocabulary() {
 /// where the model actually decides.
 #[test]
 fn qwen2_fuses_the_closing_bracket_with_the_letter() {
-    let f = GgufFile::open(&vocab_path()).unwrap();
+    let f = GgufFile::open(vocab_path()).unwrap();
     let tok = Tokenizer::from_gguf(&f).unwrap();
     let ids = tok.encode("<answer>B").unwrap();
     let fused = anatomy_runtime::generate::fused_letter_ids(&tok, 4);
