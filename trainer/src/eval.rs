@@ -17,7 +17,6 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::data::{self, prompt, Question};
-use crate::lora::Lora;
 use crate::reward;
 use crate::run::{checkpoint, RunError};
 
@@ -210,20 +209,16 @@ impl Evaluator {
         adapter: Option<&Path>,
         max_new_tokens: usize,
     ) -> Result<Self, EvalError> {
-        let mut model = Qwen25VL::load(base, DType::F32, &Device::Cpu)?;
-        let tok = ChatTokenizer::from_dir(base)?;
-        let params = load_preprocess_params(base)?;
-        if let Some(dir) = adapter {
-            let dir = if dir.join("adapter.safetensors").exists() {
-                dir.to_path_buf()
-            } else {
-                checkpoint::latest(dir)?
-            };
-            let ck = checkpoint::load(&dir)?;
-            let lora = Lora::attach(&mut model, &ck.state.lora, 0)?;
-            lora.load_tensors(&ck.adapter, &dir)?;
-            lora.merge(&mut model)?;
-        }
+        let ck = match adapter {
+            Some(dir) if dir.join("latest").is_file() => Some(checkpoint::latest(dir)?),
+            other => other.map(Path::to_path_buf),
+        };
+        // The checkpoint's whole `init` chain, so a GRPO run started from an SFT checkpoint is
+        // evaluated with both.
+        let (root, _) = crate::weights::chain(base, ck.as_deref())?;
+        let model = crate::weights::load_chain(base, ck.as_deref(), DType::F32, &Device::Cpu)?;
+        let tok = ChatTokenizer::from_dir(&root)?;
+        let params = load_preprocess_params(&root)?;
         let stop = tok.stop_tokens(&model.config().tokens.eos_token_ids);
         Ok(Self {
             model,

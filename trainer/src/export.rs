@@ -86,7 +86,7 @@ impl AdapterSet {
     /// Reads `checkpoint-NNNNNN/adapter.safetensors` with the LoRA config its `state.json` records.
     pub fn from_checkpoint(dir: &Path) -> Result<Self, ExportError> {
         let ck = checkpoint::load(dir)?;
-        Self::from_tensors(dir, &ck.state.lora, &ck.adapter)
+        Self::from_tensors(dir, &ck.state.lora, ck.weights.adapter(dir)?)
     }
 
     /// Groups PEFT-named tensors (`base_model.model.model.{layer}.lora_{A,B}.weight`) by layer.
@@ -235,7 +235,12 @@ pub fn merge_to_dir(
         let entry = entry.map_err(io(base))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let from = entry.path();
-        if from.is_file() && !is_weight_file(&name) && !name.starts_with('.') {
+        // A full fine-tuning checkpoint's run state is not part of the model directory.
+        if from.is_file()
+            && !is_weight_file(&name)
+            && !name.starts_with('.')
+            && name != "state.json"
+        {
             let to = out.join(&name);
             std::fs::copy(&from, &to).map_err(io(&to))?;
         }

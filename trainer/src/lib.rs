@@ -9,6 +9,8 @@
 //!
 //! - [`grpo`]: rollouts, advantages and the GRPO / DAPO / GPG / Dr. GRPO losses.
 //! - [`lora`] and [`optim`]: LoRA adapters, AdamW, schedule, clipping, accumulation.
+//! - [`weights`]: a checkpoint's chain of `init`s merged into a model, and the `VarMap` model that
+//!   full fine-tuning trains.
 //! - [`run`]: training runs from a `run.toml`, metrics, checkpoints and resume.
 //! - [`eval`]: greedy accuracy per answer class and the confusion matrix of a model or checkpoint.
 //! - [`export`]: LoRA adapters folded into the base's HF safetensors, for `anatomy export`.
@@ -27,3 +29,4 @@ pub mod reward;
 pub mod rng;
 pub mod run;
 pub mod synth;
+pub mod weights;

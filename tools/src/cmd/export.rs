@@ -1,10 +1,10 @@
 //! `anatomy export`: a training run (or one of its checkpoints) -> the language-model GGUF and the
 //! vision-projector GGUF, through the same writer as `anatomy convert`.
 //!
-//! The LoRA adapters are folded into the base in tensor space (the run's `init` checkpoint first,
-//! as the trainer merged it, then the run's own), written as an HF safetensors directory (kept
-//! with `--hf-out`, else a temporary directory beside the output), and that directory is
-//! converted. The language-model file carries the training provenance under `anatomy.*`.
+//! The LoRA adapters are folded into the base in tensor space (the run's `init` chain first, as
+//! the trainer merged it, then the run's own), written as an HF safetensors directory (kept with
+//! `--hf-out`, else a temporary directory beside the output), and that directory is converted. A
+//! full fine-tuning checkpoint already is such a directory and is copied as it is. The language-model file carries the training provenance under `anatomy.*`.
 
 mod provenance;
 
@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anatomy_models::qwen2_5_vl::recipe::Recipe;
 use anatomy_trainer::export::{merge_to_dir, AdapterSet};
+use anatomy_trainer::run::checkpoint::Weights;
 use anatomy_trainer::run::{checkpoint, RunConfig};
+use anatomy_trainer::weights::chain;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -52,7 +54,9 @@ fn resolve(path: &Path) -> Result<Source> {
     if !path.exists() {
         bail!("{} does not exist", path.display());
     }
-    let (checkpoint, run_dir) = if path.join("adapter.safetensors").is_file() {
+    let (checkpoint, run_dir) = if path.join("adapter.safetensors").is_file()
+        || (path.join("state.json").is_file() && checkpoint::is_full(path))
+    {
         let parent = path
             .parent()
             .filter(|p| p.join("config.toml").is_file())
@@ -66,9 +70,9 @@ fn resolve(path: &Path) -> Result<Source> {
             );
         }
         let ck = checkpoint::latest(path)?;
-        if !ck.join("adapter.safetensors").is_file() {
+        if !ck.join("adapter.safetensors").is_file() && !checkpoint::is_full(&ck) {
             bail!(
-                "{}: `latest` names {}, which has no adapter.safetensors",
+                "{}: `latest` names {}, which has neither adapter.safetensors nor model.safetensors",
                 path.display(),
                 ck.display()
             );
@@ -140,20 +144,32 @@ pub fn run(args: ExportArgs) -> Result<()> {
         );
     }
 
-    // The init adapters first: the trainer merged them into the base before training on top.
-    let mut stages = Vec::new();
-    if let Some(init) = src.config.as_ref().and_then(|c| c.init.as_ref()) {
-        stages
-            .push(AdapterSet::from_checkpoint(init).with_context(|| {
-                format!("reading the run's init checkpoint {}", init.display())
-            })?);
-    }
+    // The init chain first, as the trainer merged it before training on top; a full fine-tuning
+    // checkpoint in the chain is an HF directory that replaces everything before it.
+    let (root, earlier) = match src.config.as_ref().and_then(|c| c.init.as_deref()) {
+        Some(init) => chain(&base, Some(init))
+            .with_context(|| format!("reading the run's init checkpoint {}", init.display()))?,
+        None => (base.clone(), Vec::new()),
+    };
     let ck = checkpoint::load(&src.checkpoint)?;
-    stages.push(AdapterSet::from_tensors(
-        &src.checkpoint,
-        &ck.state.lora,
-        &ck.adapter,
-    )?);
+    let (root, stages) =
+        match &ck.weights {
+            Weights::Adapter(a) => {
+                let mut stages = Vec::new();
+                for dir in &earlier {
+                    stages.push(AdapterSet::from_checkpoint(dir).with_context(|| {
+                        format!("reading the init checkpoint {}", dir.display())
+                    })?);
+                }
+                stages.push(AdapterSet::from_tensors(
+                    &src.checkpoint,
+                    &ck.state.lora,
+                    a,
+                )?);
+                (root, stages)
+            }
+            _ => (src.checkpoint.clone(), Vec::new()),
+        };
     drop(ck.optimizer);
 
     let meta = provenance::collect(&provenance::Inputs {
@@ -193,7 +209,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
                     .with_context(|| format!("removing {}", tmp.display()))?;
             }
             std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            merge(&base, &stages, &tmp, !args.quiet)?;
+            merge(&root, &stages, &tmp, !args.quiet)?;
             if dir.exists() {
                 std::fs::remove_dir(dir).with_context(|| format!("replacing {}", dir.display()))?;
             }
@@ -212,7 +228,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
                 .with_context(|| {
                     format!("creating a temporary directory in {}", parent.display())
                 })?;
-            merge(&base, &stages, t.path(), !args.quiet)?;
+            merge(&root, &stages, t.path(), !args.quiet)?;
             let p = t.path().to_path_buf();
             _tmp = t;
             p

@@ -10,8 +10,8 @@ use anatomy_models::qwen2_5_vl::sampling::Sampler;
 use candle_core::{DType, Result, Tensor, D};
 
 /// A prompt ready for the language model: the vision tower has run once, and its embeddings sit
-/// in the `<|image_pad|>` slots. Detached: the vision tower and the embeddings are frozen, so
-/// every forward that follows can reuse them.
+/// in the `<|image_pad|>` slots. Detached when the vision tower and the embeddings are frozen
+/// (LoRA), so every forward that follows can reuse them without a graph behind them.
 #[derive(Clone, Debug)]
 pub struct Prompt {
     pub ids: Vec<u32>,
@@ -49,6 +49,28 @@ impl Prompt {
         image_embeds: Option<&Tensor>,
         grids: &[GridThw],
     ) -> anatomy_models::qwen2_5_vl::candle::error::Result<Self> {
+        Self::build(model, ids, image_embeds, grids, true)
+    }
+
+    /// Like [`Self::with_image_embeds`], but the embeddings keep their graph: under full
+    /// fine-tuning the loss reaches the token embeddings of the prompt, and the vision tower when
+    /// `image_embeds` came from a tracked `vision_forward`.
+    pub fn with_image_embeds_tracked(
+        model: &Qwen25VL,
+        ids: &[u32],
+        image_embeds: Option<&Tensor>,
+        grids: &[GridThw],
+    ) -> anatomy_models::qwen2_5_vl::candle::error::Result<Self> {
+        Self::build(model, ids, image_embeds, grids, false)
+    }
+
+    fn build(
+        model: &Qwen25VL,
+        ids: &[u32],
+        image_embeds: Option<&Tensor>,
+        grids: &[GridThw],
+        detach: bool,
+    ) -> anatomy_models::qwen2_5_vl::candle::error::Result<Self> {
         let cfg = model.config();
         let image_token = cfg.tokens.image_token_id;
         let rope = rope_index(ids, grids, image_token, cfg.vision.spatial_merge_size)?;
@@ -81,9 +103,10 @@ impl Prompt {
                 all.index_select(&Tensor::new(gather, text.device())?, 0)?
             }
         };
+        let embeds = embeds.unsqueeze(0)?;
         Ok(Prompt {
             ids: ids.to_vec(),
-            embeds: embeds.unsqueeze(0)?.detach(),
+            embeds: if detach { embeds.detach() } else { embeds },
             positions: rope.positions,
             rope_delta: rope.rope_delta,
         })

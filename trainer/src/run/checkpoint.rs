@@ -1,6 +1,8 @@
-//! Checkpoints: `checkpoint-<step>/` holding `adapter.safetensors` (PEFT key names),
-//! `optimizer.safetensors` (AdamW moments and step) and `state.json` (step, dropout stream, and the
-//! history a resume replays). Each is written into `checkpoint-<step>.tmp` and the directory renamed
+//! Checkpoints: `checkpoint-<step>/` holding the trained weights, `optimizer.safetensors` (AdamW
+//! moments and step) and `state.json` (step, dropout stream, and the history a resume replays).
+//! A LoRA run saves `adapter.safetensors` (PEFT key names); a full fine-tuning run saves
+//! `model.safetensors` under the base's key names with the base's config, tokenizer and processor
+//! files beside it, so its checkpoint directory is itself an HF model directory. Each is written into `checkpoint-<step>.tmp` and the directory renamed
 //! into place, then `latest` (the directory's name) is replaced the same way, so an interrupted
 //! write never leaves a half checkpoint that a resume would read.
 
@@ -28,11 +30,58 @@ pub struct RunState {
     pub dropout_seed: u64,
     /// The adapters' shape, so that a later run can load them as its `init`.
     pub lora: crate::lora::LoraConfig,
+    #[serde(default)]
+    pub finetune: super::config::Finetune,
     pub history: Vec<StepHistory>,
 }
 
+/// The trained weights of a checkpoint.
+pub enum Weights {
+    /// LoRA factors under PEFT key names.
+    Adapter(HashMap<String, Tensor>),
+    /// Every weight under the base's key names, to be saved with copies of `support`'s
+    /// non-weight files (config, tokenizer, processor).
+    Full {
+        tensors: HashMap<String, Tensor>,
+        support: PathBuf,
+    },
+    /// A full checkpoint as loaded: `model.safetensors` stays on disk, to be read with the
+    /// checkpoint directory as an HF model directory.
+    FullOnDisk,
+}
+
+impl Weights {
+    /// The adapters, or an error naming `dir` for a full checkpoint.
+    pub fn adapter(&self, dir: &Path) -> Result<&HashMap<String, Tensor>, RunError> {
+        match self {
+            Weights::Adapter(a) => Ok(a),
+            _ => Err(err(
+                dir,
+                "a full fine-tuning checkpoint (model.safetensors), not LoRA adapters",
+            )),
+        }
+    }
+}
+
+/// Whether `dir` holds a full fine-tuning checkpoint (or any HF weights) rather than adapters.
+pub fn is_full(dir: &Path) -> bool {
+    !dir.join("adapter.safetensors").is_file()
+        && (dir.join("model.safetensors").is_file()
+            || dir.join("model.safetensors.index.json").is_file())
+}
+
+/// Files of an HF directory that are not weights, copied beside a full checkpoint's weights.
+fn is_support_file(name: &str) -> bool {
+    !(name.ends_with(".safetensors")
+        || name == "model.safetensors.index.json"
+        || name.ends_with(".bin")
+        || name.ends_with(".pt")
+        || name == "state.json"
+        || name.starts_with('.'))
+}
+
 pub struct Checkpoint {
-    pub adapter: HashMap<String, Tensor>,
+    pub weights: Weights,
     pub optimizer: HashMap<String, Tensor>,
     pub state: RunState,
 }
@@ -53,8 +102,23 @@ pub fn save(run_dir: &Path, ck: &Checkpoint) -> Result<PathBuf, RunError> {
         std::fs::remove_dir_all(&tmp).map_err(|e| RunError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| RunError::io(&tmp, e))?;
-    candle_core::safetensors::save(&ck.adapter, tmp.join("adapter.safetensors"))
-        .map_err(|e| err(&tmp, e))?;
+    match &ck.weights {
+        Weights::Adapter(a) => candle_core::safetensors::save(a, tmp.join("adapter.safetensors"))
+            .map_err(|e| err(&tmp, e))?,
+        Weights::Full { tensors, support } => {
+            candle_core::safetensors::save(tensors, tmp.join("model.safetensors"))
+                .map_err(|e| err(&tmp, e))?;
+            for entry in std::fs::read_dir(support).map_err(|e| RunError::io(support, e))? {
+                let from = entry.map_err(|e| RunError::io(support, e))?.path();
+                let name = from.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if from.is_file() && is_support_file(name) {
+                    let to = tmp.join(name);
+                    std::fs::copy(&from, &to).map_err(|e| RunError::io(&to, e))?;
+                }
+            }
+        }
+        Weights::FullOnDisk => return Err(err(&tmp, "no weights in memory to save")),
+    }
     candle_core::safetensors::save(&ck.optimizer, tmp.join("optimizer.safetensors"))
         .map_err(|e| err(&tmp, e))?;
     let state = serde_json::to_string(&ck.state).map_err(|e| err(&tmp, e))?;
@@ -91,8 +155,12 @@ pub fn load(dir: &Path) -> Result<Checkpoint, RunError> {
     };
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| RunError::io(&sp, e))?;
+    let weights = match is_full(dir) {
+        true => Weights::FullOnDisk,
+        false => Weights::Adapter(st("adapter.safetensors")?),
+    };
     Ok(Checkpoint {
-        adapter: st("adapter.safetensors")?,
+        weights,
         optimizer: st("optimizer.safetensors")?,
         state: serde_json::from_str(&text).map_err(|e| err(&sp, e))?,
     })

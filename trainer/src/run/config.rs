@@ -45,6 +45,15 @@ pub struct RunConfig {
     /// Write a checkpoint every this many steps (and at the end); 0 only at the end.
     #[serde(default)]
     pub checkpoint_every: usize,
+    /// What trains: LoRA adapters on the frozen base, or every weight of the language model.
+    #[serde(default)]
+    pub finetune: Finetune,
+    /// Full fine-tuning only: train the vision tower too (frozen by default, as in the paper).
+    #[serde(default)]
+    pub train_vision: bool,
+    /// The KL reference policy.
+    #[serde(default)]
+    pub reference: Reference,
     #[serde(default)]
     pub lora: LoraConfig,
     #[serde(default)]
@@ -75,6 +84,38 @@ fn one() -> f64 {
 }
 fn default_dtype() -> String {
     "f32".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finetune {
+    #[default]
+    Lora,
+    Full,
+}
+
+/// Where the reference log-probabilities of the KL term come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reference {
+    /// `adapters_off` under LoRA, `frozen_copy` under full fine-tuning.
+    #[default]
+    Auto,
+    /// The policy with its adapters switched off: the starting weights, with no second copy.
+    AdaptersOff,
+    /// A second, frozen model loaded from the starting weights.
+    FrozenCopy,
+}
+
+impl RunConfig {
+    /// The reference actually used: `auto` resolved by the fine-tuning mode.
+    pub fn reference_model(&self) -> Reference {
+        match (self.reference, self.finetune) {
+            (Reference::Auto, Finetune::Lora) => Reference::AdaptersOff,
+            (Reference::Auto, Finetune::Full) => Reference::FrozenCopy,
+            (r, _) => r,
+        }
+    }
 }
 
 /// Changes to the method's default loss.
@@ -219,6 +260,14 @@ impl RunConfig {
         if !["f32", "bf16", "f16"].contains(&self.dtype.as_str()) {
             return bad("dtype must be f32, bf16 or f16");
         }
+        if self.train_vision && self.finetune != Finetune::Full {
+            return bad(
+                "train_vision needs finetune = \"full\" (LoRA adapts the language model only)",
+            );
+        }
+        if self.finetune == Finetune::Full && self.reference == Reference::AdaptersOff {
+            return bad("reference = \"adapters_off\" needs finetune = \"lora\": full fine-tuning has no adapters to switch off; use frozen_copy");
+        }
         Ok(())
     }
 
@@ -282,6 +331,18 @@ rank = 4
         assert_eq!(c.method, Method::Dapo);
         assert!(RunConfig::parse(BASE, &["lora.rnak=2".into()]).is_err());
         assert!(RunConfig::parse(BASE, &["group_size=1".into()]).is_err());
+        assert_eq!(c.reference_model(), Reference::AdaptersOff);
+        let full = RunConfig::parse(BASE, &["finetune=\"full\"".into()]).unwrap();
+        assert_eq!(full.reference_model(), Reference::FrozenCopy);
+        assert!(RunConfig::parse(BASE, &["train_vision=true".into()]).is_err());
+        assert!(RunConfig::parse(
+            BASE,
+            &[
+                "finetune=\"full\"".into(),
+                "reference=\"adapters_off\"".into()
+            ]
+        )
+        .is_err());
         let again = RunConfig::parse(&c.to_toml(), &[]).unwrap();
         assert_eq!(again, c);
     }

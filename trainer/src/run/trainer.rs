@@ -18,8 +18,8 @@ use anatomy_models::qwen2_5_vl::sampling::{Sampler, SamplingParams};
 use anatomy_models::qwen2_5_vl::template::{user_prompt, ChatTokenizer};
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::{self, Checkpoint, RunState, StepHistory};
-use super::config::{RunConfig, SftAnswer};
+use super::checkpoint::{self, Checkpoint, RunState, StepHistory, Weights};
+use super::config::{Finetune, Reference, RunConfig, SftAnswer};
 use super::record::StepRecord;
 use super::sampling::QuestionSampler;
 use super::RunError;
@@ -38,6 +38,22 @@ use crate::lora::Lora;
 use crate::optim::{clip_grad_norm, learning_rate, AdamW, GradAccumulator};
 use crate::reward::{rewards, RewardWeights};
 use crate::rng::{hash_str, SplitMix64};
+use crate::weights::{chain, load_chain, FullWeights};
+
+/// What the optimizer trains.
+enum Tuned {
+    Lora(Lora),
+    Full(FullWeights),
+}
+
+impl Tuned {
+    fn vars(&self) -> Vec<candle_core::Var> {
+        match self {
+            Tuned::Lora(l) => l.vars(),
+            Tuned::Full(f) => f.vars(),
+        }
+    }
+}
 
 /// One question's group: the variants asked, which variant each rollout answered, the completions
 /// and their rewards.
@@ -59,11 +75,16 @@ pub struct Trainer {
     params: PreprocessParams,
     questions: Vec<Question>,
     sq: Option<Vec<f32>>,
-    lora: Lora,
+    tuned: Tuned,
+    /// The frozen reference policy (`reference = frozen_copy`); `None` switches adapters off.
+    reference: Option<Qwen25VL>,
     opt: AdamW,
     sampler: QuestionSampler,
     tracker: HardnessTracker,
+    /// Per image: the policy's detached vision output, or (with `train_vision`) the pixels.
     images: HashMap<PathBuf, (Tensor, GridThw)>,
+    /// Per image: the reference model's vision output.
+    ref_images: HashMap<PathBuf, (Tensor, GridThw)>,
     stop: Vec<u32>,
     loss_cfg: LossConfig,
     scaling: RewardScaling,
@@ -91,8 +112,10 @@ impl Trainer {
         let cfg = RunConfig::load(&run_dir.join("config.toml"), &[])?;
         let ck_dir = checkpoint::latest(run_dir)?;
         let ck = checkpoint::load(&ck_dir)?;
-        let mut t = Self::build(cfg, run_dir.to_path_buf())?;
-        t.lora.load_tensors(&ck.adapter, &ck_dir)?;
+        let mut t = Self::build_from(cfg, run_dir.to_path_buf(), Some(&ck_dir))?;
+        if let Tuned::Lora(lora) = &t.tuned {
+            lora.load_tensors(ck.weights.adapter(&ck_dir)?, &ck_dir)?;
+        }
         t.opt.load_state(&ck.optimizer)?;
         t.model
             .text()
@@ -121,15 +144,53 @@ impl Trainer {
     }
 
     fn build(cfg: RunConfig, run_dir: PathBuf) -> Result<Self, RunError> {
+        Self::build_from(cfg, run_dir, None)
+    }
+
+    /// `resume`: a full fine-tuning checkpoint to take the weights from instead of the start.
+    fn build_from(
+        cfg: RunConfig,
+        run_dir: PathBuf,
+        resume: Option<&Path>,
+    ) -> Result<Self, RunError> {
         let device = Device::Cpu;
         let dtype = match cfg.dtype.as_str() {
             "bf16" => DType::BF16,
             "f16" => DType::F16,
             _ => DType::F32,
         };
-        let mut model = Qwen25VL::load(&cfg.base, dtype, &device)?;
-        let tok = ChatTokenizer::from_dir(&cfg.base)?;
-        let params = load_preprocess_params(&cfg.base)?;
+        // The starting weights: the base with the `init` chain applied. A LoRA run merges them
+        // into the base, so that its new adapters start from there and switching them off gives
+        // the warm-started model, not the raw one.
+        let (root, loras) = chain(&cfg.base, cfg.init.as_deref())?;
+        let (mut model, full) = match cfg.finetune {
+            Finetune::Lora => (
+                load_chain(&cfg.base, cfg.init.as_deref(), dtype, &device)?,
+                None,
+            ),
+            Finetune::Full => {
+                if let Some(first) = loras.first() {
+                    return Err(RunError::Config(format!(
+                        "full fine-tuning cannot start from the LoRA checkpoint {}: export it with `anatomy export --hf-out <dir>` and use that directory as `base`",
+                        first.display()
+                    )));
+                }
+                let weights = match resume {
+                    Some(ck) if checkpoint::is_full(ck) => ck.to_path_buf(),
+                    _ => root.clone(),
+                };
+                let (m, f) = FullWeights::load(&weights, &root, dtype, &device, cfg.train_vision)?;
+                (m, Some(f))
+            }
+        };
+        let reference = match cfg.reference_model() {
+            Reference::FrozenCopy if cfg.method.is_rl() => {
+                Some(load_chain(&cfg.base, cfg.init.as_deref(), dtype, &device)?)
+            }
+            _ => None,
+        };
+        let tok = ChatTokenizer::from_dir(&root)?;
+        let params = load_preprocess_params(&root)?;
         let opts = data::LoadOptions {
             image_root: cfg.image_root.clone(),
             skip_bad: false,
@@ -159,17 +220,15 @@ impl Trainer {
             }
             None => QuestionSampler::epochs(questions.len(), cfg.seed),
         };
-        if let Some(init) = &cfg.init {
-            // The warm start becomes the base: merged, so that the adapters trained now start from
-            // it and the reference policy (adapters off) is the warm-started model, not the raw one.
-            let ck = checkpoint::load(init)?;
-            let warm = Lora::attach(&mut model, &ck.state.lora, 0)?;
-            warm.load_tensors(&ck.adapter, init)?;
-            warm.merge(&mut model)?;
-        }
-        let lora = Lora::attach(&mut model, &cfg.lora, cfg.seed ^ 0x10a)?;
-        model.text().adapters().set_training(true);
-        let opt = AdamW::new(lora.vars(), &cfg.optim)?;
+        let tuned = match full {
+            Some(f) => Tuned::Full(f),
+            None => {
+                let lora = Lora::attach(&mut model, &cfg.lora, cfg.seed ^ 0x10a)?;
+                model.text().adapters().set_training(true);
+                Tuned::Lora(lora)
+            }
+        };
+        let opt = AdamW::new(tuned.vars(), &cfg.optim)?;
         let tracker = HardnessTracker::new(HardnessConfig {
             always: cfg.gdqa.always,
             accuracy_below: cfg.gdqa.accuracy_below,
@@ -196,11 +255,13 @@ impl Trainer {
             params,
             questions,
             sq,
-            lora,
+            tuned,
+            reference,
             opt,
             sampler,
             tracker,
             images: HashMap::new(),
+            ref_images: HashMap::new(),
             stop,
             loss_cfg,
             scaling,
@@ -227,11 +288,8 @@ impl Trainer {
         &self.model
     }
 
-    /// The vision tower's output for an image, computed once per image.
-    fn image(&mut self, path: &Path) -> Result<(Tensor, GridThw), RunError> {
-        if let Some(v) = self.images.get(path) {
-            return Ok(v.clone());
-        }
+    /// An image's preprocessed pixels as a tensor for `model`.
+    fn pixels(&self, path: &Path) -> Result<(Tensor, GridThw), RunError> {
         let img = preprocess_file(path, &self.params)?;
         let pixels = Tensor::from_slice(
             &img.pixel_values,
@@ -239,28 +297,68 @@ impl Trainer {
             self.model.device(),
         )?
         .to_dtype(self.model.dtype())?;
-        let embeds = self
-            .model
-            .vision_forward(&pixels, &[img.grid_thw])?
-            .detach();
-        self.images
-            .insert(path.to_path_buf(), (embeds.clone(), img.grid_thw));
-        Ok((embeds, img.grid_thw))
+        Ok((pixels, img.grid_thw))
     }
 
-    fn prompt(&mut self, q: &Question) -> Result<Prompt, RunError> {
-        let (embeds, grid) = self.image(&q.image)?;
+    /// The vision tower's output for an image: computed once per image while the tower is frozen,
+    /// on every call (from cached pixels, with its graph) when it trains. `reference` asks the
+    /// frozen reference model's tower instead.
+    fn image(&mut self, path: &Path, reference: bool) -> Result<(Tensor, GridThw), RunError> {
+        let train_vision = !reference && self.cfg.train_vision;
+        let cache = match reference {
+            true => &self.ref_images,
+            false => &self.images,
+        };
+        if let Some((t, grid)) = cache.get(path).cloned() {
+            return match train_vision {
+                true => Ok((self.model.vision_forward(&t, &[grid])?, grid)),
+                false => Ok((t, grid)),
+            };
+        }
+        let (pixels, grid) = self.pixels(path)?;
+        let model = match (reference, &self.reference) {
+            (true, Some(r)) => r,
+            _ => &self.model,
+        };
+        let embeds = model.vision_forward(&pixels, &[grid])?;
+        let (cache, kept) = match (reference, train_vision) {
+            (true, _) => (&mut self.ref_images, embeds.detach()),
+            (false, true) => (&mut self.images, pixels),
+            (false, false) => (&mut self.images, embeds.detach()),
+        };
+        cache.insert(path.to_path_buf(), (kept, grid));
+        Ok((
+            if train_vision {
+                embeds
+            } else {
+                embeds.detach()
+            },
+            grid,
+        ))
+    }
+
+    /// The prompt of `q` for the policy, or with `reference` for the frozen reference model.
+    fn prompt_for(&mut self, q: &Question, reference: bool) -> Result<Prompt, RunError> {
+        let (embeds, grid) = self.image(&q.image, reference)?;
         let merge = self.model.config().vision.spatial_merge_size;
         let text = user_prompt(&prompt::render(q), true);
         let ids = self
             .tok
             .encode_prompt(&text, &[grid[0] * grid[1] * grid[2] / (merge * merge)])?;
-        Ok(Prompt::with_image_embeds(
-            &self.model,
-            &ids,
-            Some(&embeds),
-            &[grid],
-        )?)
+        let tracked = !reference && matches!(self.tuned, Tuned::Full(_));
+        let model = match (reference, &self.reference) {
+            (true, Some(r)) => r,
+            _ => &self.model,
+        };
+        let build = match tracked {
+            true => Prompt::with_image_embeds_tracked,
+            false => Prompt::with_image_embeds,
+        };
+        Ok(build(model, &ids, Some(&embeds), &[grid])?)
+    }
+
+    fn prompt(&mut self, q: &Question) -> Result<Prompt, RunError> {
+        self.prompt_for(q, false)
     }
 
     /// Rolls out one group per question index.
@@ -362,12 +460,19 @@ impl Trainer {
         checkpoint::save(
             &self.run_dir,
             &Checkpoint {
-                adapter: self.lora.tensors(),
+                weights: match &self.tuned {
+                    Tuned::Lora(l) => Weights::Adapter(l.tensors()),
+                    Tuned::Full(f) => Weights::Full {
+                        tensors: f.tensors(),
+                        support: f.support().to_path_buf(),
+                    },
+                },
                 optimizer: self.opt.state()?,
                 state: RunState {
                     step: self.step,
                     dropout_seed: self.model.text().adapters().dropout_seed(),
                     lora: self.cfg.lora.clone(),
+                    finetune: self.cfg.finetune,
                     history: self.history.clone(),
                 },
             },
@@ -436,7 +541,7 @@ impl Trainer {
             accumulation_steps: micro,
             tokens,
         };
-        let mut acc = GradAccumulator::new(self.lora.vars());
+        let mut acc = GradAccumulator::new(self.tuned.vars());
         let (mut loss_sum, mut kl_sum, mut kl_tokens, mut clip_sum) = (0.0, 0.0, 0.0, 0.0);
         for (gi, group) in drawn.iter().enumerate() {
             for (v, variant) in group.variants.iter().enumerate() {
@@ -451,14 +556,19 @@ impl Trainer {
                     .collect();
                 let a: Vec<f32> = members.iter().map(|&i| adv[gi * g + i]).collect();
                 let a = Tensor::new(a, self.model.device())?;
-                let reference = if self.loss_cfg.beta != 0.0 {
+                let reference = if self.loss_cfg.beta == 0.0 {
+                    None
+                } else if self.reference.is_some() {
+                    let rp = self.prompt_for(variant, true)?;
+                    let model = self.reference.as_ref().unwrap_or(&self.model);
+                    let r = completion_logps(model, &rp, &seqs, self.cfg.temperature)?;
+                    Some(r.0.detach())
+                } else {
                     let adapters = self.model.text().adapters();
                     adapters.set_enabled(false);
                     let r = completion_logps(&self.model, &prompt, &seqs, self.cfg.temperature);
                     adapters.set_enabled(true);
                     Some(r?.0.detach())
-                } else {
-                    None
                 };
                 let (logps, mask) =
                     completion_logps(&self.model, &prompt, &seqs, self.cfg.temperature)?;
@@ -550,7 +660,7 @@ impl Trainer {
         let n = self.cfg.batch_size;
         let idx = self.sampler.draw(n);
         let mut rng = SplitMix64::new(self.cfg.seed ^ (self.step as u64).wrapping_mul(0x51_7cc1));
-        let mut acc = GradAccumulator::new(self.lora.vars());
+        let mut acc = GradAccumulator::new(self.tuned.vars());
         let mut loss_sum = 0.0;
         let (mut acc_r, mut fmt_r, mut total_r, mut len) = (0.0, 0.0, 0.0, 0usize);
         let weights = RewardWeights {
