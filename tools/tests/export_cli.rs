@@ -43,6 +43,12 @@ fn synth(dir: &Path) -> PathBuf {
 }
 
 fn train(data: &Path, image_root: &Path, out: &Path, init: Option<&Path>, targets: &str) {
+    let tuning = format!("[lora]\nrank = 2\nalpha = 8.0\ntarget_modules = [{targets}]\n");
+    train_with(data, image_root, out, init, &tuning);
+}
+
+/// One SFT step; `tuning` is the config's fine-tuning part (`[lora]` or `finetune = "full"`).
+fn train_with(data: &Path, image_root: &Path, out: &Path, init: Option<&Path>, tuning: &str) {
     let init = init
         .map(|p| format!("init = \"{}\"\n", p.display()))
         .unwrap_or_default();
@@ -57,10 +63,7 @@ method = "sft"
 steps = 1
 batch_size = 2
 max_new_tokens = 6
-[lora]
-rank = 2
-alpha = 8.0
-target_modules = [{targets}]
+{tuning}
 [optim]
 lr = 0.05
 "#,
@@ -98,7 +101,8 @@ fn merged_candle(warm_ck: &Path, run: &Path) -> Qwen25VL {
     for ck_dir in [warm_ck.to_path_buf(), checkpoint::latest(run).unwrap()] {
         let ck = checkpoint::load(&ck_dir).unwrap();
         let lora = Lora::attach(&mut model, &ck.state.lora, 0).unwrap();
-        lora.load_tensors(&ck.adapter, &ck_dir).unwrap();
+        lora.load_tensors(ck.weights.adapter(&ck_dir).unwrap(), &ck_dir)
+            .unwrap();
         lora.merge(&mut model).unwrap();
     }
     model
@@ -273,6 +277,92 @@ fn export_round_trip_provenance_and_reproducibility() {
         "--quiet",
     ]));
     assert!(ck_out.join("model.gguf").is_file() && ck_out.join("mmproj.gguf").is_file());
+}
+
+/// Greedy tokens and largest logit difference of the runtime on `lm`/`mm` against a candle model.
+fn runtime_against(lm: &Path, mm: &Path, cm: &Qwen25VL, data: &Path) -> f32 {
+    let model = Model::load(lm, Some(mm), &ModelOptions::default()).unwrap();
+    let image = data.parent().unwrap().join("images/000000.png");
+    let options: Vec<String> = ["Liver", "Gut", "Omentum"].map(String::from).to_vec();
+    let text = question_text_in(model.prompt_format(), "What is at the top?", &options).unwrap();
+    let mut sess = model.session();
+    let img = sess.preprocess(&ImageInput::Path(image)).unwrap();
+    let h = sess.encode_image(&img).unwrap();
+    let ids = sess.prompt_ids(&text, Some(h.tokens)).unwrap();
+    sess.prefill(&ids, Some(&h)).unwrap();
+    let pixels = Tensor::from_slice(
+        &img.pixel_values,
+        (img.n_patches, img.patch_dim),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut cache = cm.new_cache();
+    let (logits, _) = cm
+        .prefill(&ids, Some(&pixels), &[img.grid_thw], &mut cache)
+        .unwrap();
+    let row: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+    row.iter()
+        .zip(sess.logits())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn full_fine_tuning_runs_export_and_lora_on_top_of_them_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scenes = tmp.path().join("scenes");
+    let data = synth(&scenes);
+    let full = tmp.path().join("full");
+    train_with(&data, &scenes, &full, None, "finetune = \"full\"");
+    let full_ck = checkpoint::latest(&full).unwrap();
+    let out = tmp.path().join("f/m");
+    ok(anatomy(&[
+        "export",
+        s(&full),
+        "--out",
+        s(&out),
+        "--quant",
+        "f32",
+        "--quiet",
+    ]));
+    let (lm, mm) = (
+        tmp.path().join("f/m.gguf"),
+        tmp.path().join("f/m-mmproj.gguf"),
+    );
+    let trained = Qwen25VL::load(&full_ck, DType::F32, &Device::Cpu).unwrap();
+    let diff = runtime_against(&lm, &mm, &trained, &data);
+    assert!(diff < 1e-3, "full export: logits differ by {diff}");
+    let base_model = Qwen25VL::load(&base(), DType::F32, &Device::Cpu).unwrap();
+    let moved = runtime_against(&lm, &mm, &base_model, &data);
+    assert!(moved > 1e-3, "full fine-tuning changed nothing ({moved})");
+
+    // A LoRA run started from the full checkpoint exports both: the full weights, its adapters.
+    let lora = tmp.path().join("lora");
+    train(&data, &scenes, &lora, Some(&full_ck), "\"all-linear\"");
+    let out = tmp.path().join("l/m");
+    ok(anatomy(&[
+        "export",
+        s(&lora),
+        "--out",
+        s(&out),
+        "--quant",
+        "f32",
+        "--quiet",
+    ]));
+    let lora_ck = checkpoint::latest(&lora).unwrap();
+    let mut chained = Qwen25VL::load(&full_ck, DType::F32, &Device::Cpu).unwrap();
+    let ck = checkpoint::load(&lora_ck).unwrap();
+    let l = Lora::attach(&mut chained, &ck.state.lora, 0).unwrap();
+    l.load_tensors(ck.weights.adapter(&lora_ck).unwrap(), &lora_ck)
+        .unwrap();
+    l.merge(&mut chained).unwrap();
+    let (lm, mm) = (
+        tmp.path().join("l/m.gguf"),
+        tmp.path().join("l/m-mmproj.gguf"),
+    );
+    let diff = runtime_against(&lm, &mm, &chained, &data);
+    assert!(diff < 1e-3, "LoRA on full: logits differ by {diff}");
+    assert!(runtime_against(&lm, &mm, &trained, &data) > 1e-3);
 }
 
 #[test]
