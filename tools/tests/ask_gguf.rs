@@ -19,10 +19,14 @@ fn anatomy(args: &[&std::ffi::OsStr]) -> Output {
 }
 
 fn convert(dir: &Path) -> (PathBuf, PathBuf) {
+    convert_case(dir, "square")
+}
+
+fn convert_case(dir: &Path, case: &str) -> (PathBuf, PathBuf) {
     let (lm, mm) = (dir.join("lm.gguf"), dir.join("mmproj.gguf"));
     let out = anatomy(&[
         "convert".as_ref(),
-        case_dir("square").join("model").as_os_str(),
+        case_dir(case).join("model").as_os_str(),
         "--out".as_ref(),
         lm.as_os_str(),
         "--mmproj".as_ref(),
@@ -64,6 +68,30 @@ fn fails_cleanly(out: &Output, needle: &str) {
     );
     assert!(err.contains("error:") && err.contains(needle), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// The `wide` fixture's processor caps images below the default budget: the converter stores its
+/// min/max pixels in the projector file, so `ask` with no size flag uses HF's image token count.
+#[test]
+fn processor_pixel_budget_travels_in_the_projector_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lm, mm) = convert_case(tmp.path(), "wide");
+    let dir = case_dir("wide");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    let out = ask(
+        &lm,
+        &mm,
+        &dir.join("image.png"),
+        &["--max-tokens", "1", "What is this?"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["image_tokens"], reference["n_image_tokens"]);
 }
 
 #[test]

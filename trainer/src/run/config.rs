@@ -152,7 +152,9 @@ impl Default for RewardConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SftConfig {
-    /// The reasoning text put between the think tags of the target.
+    /// The reasoning text put between the think tags of the target; `{answer}` stands for the
+    /// text of the option the target answers (the model names what it sees, then picks the
+    /// letter of that option).
     pub think: String,
     /// `correct` (the SFT baseline) or `random` (a letter drawn at random: teaches the answer
     /// format and nothing about the answers, a warm start for GRPO).

@@ -646,9 +646,9 @@ impl Trainer {
             SftAnswer::Correct => q.answer,
             SftAnswer::Random => rng.below(q.options.len()),
         };
+        let think = self.cfg.sft.think.replace("{answer}", &q.options[answer]);
         let text = format!(
-            "<think>{}</think> <answer>{}</answer>",
-            self.cfg.sft.think,
+            "<think>{think}</think> <answer>{}</answer>",
             data::letter(answer)
         );
         let mut ids = self.tok.encode(&text)?;

@@ -150,6 +150,19 @@ pub fn mmproj(cfg: &Config, pre: &PreprocessParams, name: &str, file_type: u32) 
         "clip.vision.image_std",
         OwnedValue::f32s(pre.image_std),
     );
+    // The processor's pixel budget, under gguf-py's standard keys. llama.cpp's converter does not
+    // write them for Qwen2.5-VL (its loader fixes 8..4096 image tokens and ignores them); our
+    // runtime reads them so that a model trained on small images sees them at the same size.
+    put(
+        &mut m,
+        "clip.vision.image_min_pixels",
+        u32v(pre.min_pixels)?,
+    );
+    put(
+        &mut m,
+        "clip.vision.image_max_pixels",
+        u32v(pre.max_pixels)?,
+    );
     put(&mut m, "clip.use_silu", OwnedValue::Bool(true));
     put(
         &mut m,
