@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
 # The demo model's recipe, end to end, with our own code only: synthetic scenes, a random-weight
 # base, supervised warm start, GRPO with ASCL and GDQA, export to GGUF, evaluation on the held-out
-# scenes. Run from the repository root after `cargo build --release`; about 30 minutes on 2 cores.
-# The result replaces demo/anatomy-demo.gguf and demo/anatomy-demo-mmproj.gguf.
+# scenes, and the sample frames shipped beside the model. Run from the repository root after
+# `cargo build --release -p anatomy-cli`; about an hour on 2 cores. The result replaces
+# demo/anatomy-demo.gguf, demo/anatomy-demo-mmproj.gguf and demo/samples/.
+#
+# The questions list all six structures in a fixed order (`--all-options`): a model this small,
+# trained from scratch for minutes, learns to recognise the structure but not, in that time, to
+# look its name up among shuffled options (the four-shuffled-options form stays near chance).
 set -euo pipefail
 A=${ANATOMY:-target/release/anatomy}
 OUT=${OUT:-runs/demo}
-INSTRUCTION="Answer with the letter of the right option: <think> </think> <answer>LETTER</answer>."
+DEMO=${DEMO:-demo}
+INSTRUCTION="Answer with the letter: <answer>LETTER</answer>."
+SYNTH=(--size 224 --per-image 2 --balance --forms position,attribute --all-options
+  --instruction "$INSTRUCTION")
 
-"$A" synth --out "$OUT/data" --count 3000 --seed 1 --size 224 --per-image 2 --balance \
-  --forms position,attribute --holdout-fraction 0.1 --instruction "$INSTRUCTION"
+"$A" synth --out "$OUT/data" --count 3000 --seed 1 --holdout-fraction 0.1 "${SYNTH[@]}"
 "$A" init-base --spec configs/demo-base.toml --template tests/fixtures/qwen2_5_vl/square/model \
   --data "$OUT/data/train.json" --out "$OUT/base"
-"$A" train --config configs/demo-sft.toml --set "base=$OUT/base" --set "data=$OUT/data/train.json" \
-  --set "image_root=$OUT/data" --set "output_dir=$OUT/sft"
-"$A" train --config configs/demo-grpo.toml --set "base=$OUT/base" --set "data=$OUT/data/train.json" \
-  --set "image_root=$OUT/data" --set "init=$OUT/sft/$(cat "$OUT/sft/latest")" --set "output_dir=$OUT/grpo"
+DATA=(--set "base=$OUT/base" --set "data=$OUT/data/train.json" --set "image_root=$OUT/data")
+# SFT in three runs: 112x112 images (16 image tokens) from scratch; a short second pass at a fresh
+# learning rate; then 168x168 (36 image tokens: each 3x3 grid cell is 2x2 merged patches), which
+# lifts the position questions. Each run starts from the previous run's last checkpoint.
+MORE=(--set optim.lr=0.0015 --set optim.warmup_steps=20 --set sft.greedy_samples=2)
+"$A" train --config configs/demo-sft.toml "${DATA[@]}" --set "output_dir=$OUT/sft1"
+"$A" train --config configs/demo-sft.toml "${DATA[@]}" "${MORE[@]}" --set steps=400 \
+  --set "init=$OUT/sft1/$(cat "$OUT/sft1/latest")" --set "output_dir=$OUT/sft2"
+"$A" train --config configs/demo-sft.toml "${DATA[@]}" "${MORE[@]}" --set steps=1000 \
+  --set max_pixels=28224 --set "init=$OUT/sft2/$(cat "$OUT/sft2/latest")" --set "output_dir=$OUT/sft3"
+"$A" train --config configs/demo-grpo.toml "${DATA[@]}" \
+  --set "init=$OUT/sft3/$(cat "$OUT/sft3/latest")" --set "output_dir=$OUT/grpo"
 "$A" export "$OUT/grpo" --out "$OUT/export/anatomy-demo" --quant q8_0
 "$A" eval --model "$OUT/export/anatomy-demo.gguf" --mmproj "$OUT/export/anatomy-demo-mmproj.gguf" \
   --data "$OUT/data/holdout.json" --json | tee "$OUT/eval.json"
+
+# Ship it: the two files and a few fresh scenes (another seed: never seen in training).
+mkdir -p "$DEMO"
+cp "$OUT/export/anatomy-demo.gguf" "$OUT/export/anatomy-demo-mmproj.gguf" "$DEMO/"
+rm -rf "$DEMO/samples"
+"$A" synth --out "$DEMO/samples" --count 6 --seed 2026 --holdout-fraction 0 "${SYNTH[@]}"

@@ -1,6 +1,6 @@
 //! The cost of the C path over the Rust API: the same question (image cached by the session, 8
 //! greedy tokens, streaming callback) through `Session::ask` and through `anatomy_ask` plus the
-//! result getters and free, on the llama.cpp-made `square` fixture.
+//! result getters and free, on the committed demo model and one of its sample frames.
 //! `cargo bench -p anatomy-capi --bench c_overhead`
 
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -13,28 +13,25 @@ use anatomy_runtime::{Model, ModelOptions, SamplingParams};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const TOKENS: u32 = 8;
-const QUESTION: &str = "Which organ is at the top-left of the frame?";
+const QUESTION: &str = "What is the top-left anatomy?";
 
 fn bench(c: &mut Criterion) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let files = root.join("tests/fixtures/gguf/llamacpp");
+    let demo = root.join("demo");
     let (lm, mm) = (
-        files.join("square-f32.gguf"),
-        files.join("square-f32-mmproj.gguf"),
+        demo.join("anatomy-demo.gguf"),
+        demo.join("anatomy-demo-mmproj.gguf"),
     );
-    let png = std::fs::read(root.join("tests/fixtures/qwen2_5_vl/square/image.png")).unwrap();
+    let png = std::fs::read(demo.join("samples/images/000003.png")).unwrap();
     let (rgb, w, h) = anatomy_models::qwen2_5_vl::preprocess::decode_image(
         &png,
         &anatomy_models::qwen2_5_vl::preprocess::DecodeLimits::default(),
     )
     .unwrap();
-    let (min_px, max_px) = (3136, 50176);
 
     // Rust API.
     let opts = ModelOptions {
         threads: Some(1),
-        min_pixels: Some(min_px),
-        max_pixels: Some(max_px),
         ..Default::default()
     };
     let model = Model::load(&lm, Some(&mm), &opts).unwrap();
@@ -72,8 +69,6 @@ fn bench(c: &mut Criterion) {
     );
     let mut mp = anatomy_model_params_default();
     mp.threads = 1;
-    mp.min_pixels = min_px as u32;
-    mp.max_pixels = max_px as u32;
     let q = CString::new(QUESTION).unwrap();
     let mut gp = anatomy_gen_params_default();
     gp.max_tokens = TOKENS;

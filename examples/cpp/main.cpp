@@ -2,7 +2,9 @@
 // the tokens and prints the answers. Exits non-zero if any call failed.
 //
 //   make -C examples/cpp run            (builds libanatomy with cargo, then this program)
-//   ./ask_threads LM.gguf MMPROJ.gguf IMAGE.png
+//   ./ask_threads LM.gguf MMPROJ.gguf IMAGE.png QUESTION [OPTION ...]
+//
+// One thread asks the question as free text, the other with the options (when given).
 
 #include <anatomy.h>
 
@@ -46,7 +48,7 @@ bool check(AnatomyStatus st, const char* what) {
 }
 
 bool ask(const AnatomyModel* model, int thread, const std::vector<unsigned char>& png,
-         const std::vector<const char*>& options) {
+         const char* question, const std::vector<const char*>& options) {
     AnatomySession* session = nullptr;
     if (!check(anatomy_session_new(model, &session), "anatomy_session_new")) return false;
     AnatomyImage image{};
@@ -54,10 +56,10 @@ bool ask(const AnatomyModel* model, int thread, const std::vector<unsigned char>
     image.data = png.data();
     image.len = png.size();
     AnatomyGenParams params = anatomy_gen_params_default();
-    params.max_tokens = 12;
+    params.max_tokens = 32;
     Stream stream{thread, {}, 0};
     AnatomyResult* result = nullptr;
-    bool ok = check(anatomy_ask(session, &image, "Which organ is at the top-left of the frame?",
+    bool ok = check(anatomy_ask(session, &image, question,
                                 options.empty() ? nullptr : options.data(), options.size(), &params,
                                 on_piece, &stream, &result),
                     "anatomy_ask");
@@ -99,8 +101,8 @@ bool ask(const AnatomyModel* model, int thread, const std::vector<unsigned char>
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc != 4) {
-        std::fprintf(stderr, "usage: %s LM.gguf MMPROJ.gguf IMAGE\n", argv[0]);
+    if (argc < 5) {
+        std::fprintf(stderr, "usage: %s LM.gguf MMPROJ.gguf IMAGE QUESTION [OPTION ...]\n", argv[0]);
         return 2;
     }
     std::printf("libanatomy %s (ABI %u)\n", anatomy_version(), anatomy_abi_version());
@@ -110,16 +112,16 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "cannot read %s\n", argv[3]);
         return 1;
     }
+    const char* question = argv[4];
+    std::vector<const char*> options(argv + 5, argv + argc);
     AnatomyModelParams mp = anatomy_model_params_default();
     mp.threads = 2;
-    mp.min_pixels = 3136;  // the fixture processor's bounds (llama.cpp's files do not record them)
-    mp.max_pixels = 50176;
     AnatomyModel* model = nullptr;
     if (!check(anatomy_model_load(argv[1], argv[2], &mp, &model), "anatomy_model_load")) return 1;
 
     bool ok[2] = {false, false};
-    std::thread a([&] { ok[0] = ask(model, 1, png, {}); });
-    std::thread b([&] { ok[1] = ask(model, 2, png, {"liver", "kidney", "gallbladder"}); });
+    std::thread a([&] { ok[0] = ask(model, 1, png, question, {}); });
+    std::thread b([&] { ok[1] = ask(model, 2, png, question, options); });
     a.join();
     b.join();
     bool freed = check(anatomy_model_free(model), "anatomy_model_free");

@@ -35,6 +35,8 @@ enum Command {
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Measure load, image encode, prefill and decode speed of GGUF files.
     Bench(cmd::bench::BenchArgs),
+    /// Write a random-weight GGUF pair with the tensor shapes of Qwen2.5-VL-3B/7B (for benchmarks).
+    RandomGguf(cmd::random_gguf::RandomGgufArgs),
     /// Write synthetic laparoscopic scenes with SGG-VQA questions (Anatomy-R1 JSON, train/holdout).
     Synth(cmd::synth::SynthArgs),
     /// Train with SFT or GRPO/DAPO/GPG/Dr. GRPO (+ ASCL, + GDQA) from a run.toml, or resume a run.
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::RandomGguf(args) => cmd::random_gguf::run(args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Train(args) => cmd::train::run(args),
         Command::Plot(args) => cmd::plot::run(args),

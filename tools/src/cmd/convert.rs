@@ -4,7 +4,7 @@
 //! tensor (in f32) plus its encoding, never the model.
 
 mod hf_weights;
-mod metadata;
+pub(crate) mod metadata;
 
 use std::path::{Path, PathBuf};
 
@@ -38,10 +38,10 @@ pub struct ConvertArgs {
 }
 
 /// One tensor to write: where it comes from and how it is stored.
-struct Planned {
+pub(crate) struct Planned {
     hf: String,
     slice: Slice,
-    tensor: PendingTensor,
+    pub tensor: PendingTensor,
 }
 
 pub fn run(args: ConvertArgs) -> Result<()> {
@@ -92,9 +92,11 @@ pub fn convert_with(
     });
     let mut lm_meta = metadata::language(&cfg, dir, &name, recipe)?;
     lm_meta.extend(extra);
-    let lm = plan(&weights, &cfg, GgufFileKind::Language, recipe)?;
+    let names: Vec<&str> = weights.names().collect();
+    let shape = |hf: &str| weights.shape(hf);
+    let lm = plan(&names, shape, &cfg, GgufFileKind::Language, recipe)?;
     lm_meta.push(("general.size_label".into(), size_label(&lm)));
-    write(out, &lm_meta, lm, &weights, progress)?;
+    write(out, &lm_meta, lm, progress, |p| read_encoded(&weights, p))?;
     if let Some(path) = mmproj {
         let pre = load_preprocess_params(dir)?;
         if cfg.vision.temporal_patch_size != 2 {
@@ -103,21 +105,31 @@ pub fn convert_with(
                 cfg.vision.temporal_patch_size
             );
         }
-        let file_type = match recipe {
-            Recipe::F32 => 0,
-            Recipe::Q8_0 => 7,
-            Recipe::F16 | Recipe::Q4KM | Recipe::Q5KM => 1,
-        };
-        let mut meta = metadata::mmproj(&cfg, &pre, &name, file_type)?;
-        let mm = plan(&weights, &cfg, GgufFileKind::Mmproj, recipe)?;
+        let mut meta = metadata::mmproj(&cfg, &pre, &name, mmproj_file_type(recipe))?;
+        let mm = plan(&names, shape, &cfg, GgufFileKind::Mmproj, recipe)?;
         meta.push(("general.size_label".into(), size_label(&mm)));
-        write(path, &meta, mm, &weights, progress)?;
+        write(path, &meta, mm, progress, |p| read_encoded(&weights, p))?;
     }
     Ok(())
 }
 
+/// `general.file_type` of the projector file: the k-quant recipes leave projectors in F16.
+pub(crate) fn mmproj_file_type(recipe: Recipe) -> u32 {
+    match recipe {
+        Recipe::F32 => 0,
+        Recipe::Q8_0 => 7,
+        Recipe::F16 | Recipe::Q4KM | Recipe::Q5KM => 1,
+    }
+}
+
+fn read_encoded(w: &HfWeights, p: &Planned) -> Result<Vec<u8>> {
+    let (_, data) = w.read(&p.hf, p.slice)?;
+    quantize_to_vec(p.tensor.ty, &data)
+        .with_context(|| format!("quantizing {} to {}", p.tensor.name, p.tensor.ty))
+}
+
 /// llama.cpp's size label of one file: the elements of the tensors it holds.
-fn size_label(plan: &[Planned]) -> OwnedValue {
+pub(crate) fn size_label(plan: &[Planned]) -> OwnedValue {
     metadata::size_label(
         plan.iter()
             .map(|p| p.tensor.shape.iter().product::<u64>())
@@ -155,18 +167,26 @@ fn order(name: &str) -> (u8, usize, String) {
     }
 }
 
-fn plan(w: &HfWeights, cfg: &Config, file: GgufFileKind, recipe: Recipe) -> Result<Vec<Planned>> {
-    let tied = !w
-        .names()
+/// The GGUF tensors of `file` made from the HF tensors `names` (HF shapes from `shape`), with
+/// the recipe's storage types, in llama.cpp's order.
+pub(crate) fn plan(
+    names: &[&str],
+    shape: impl Fn(&str) -> Result<Vec<usize>>,
+    cfg: &Config,
+    file: GgufFileKind,
+    recipe: Recipe,
+) -> Result<Vec<Planned>> {
+    let tied = !names
+        .iter()
         .any(|n| hf_to_gguf(n).is_some_and(|m| m.iter().any(|t| t.name == "output.weight")));
     let mut out = Vec::new();
-    for hf in w.names() {
+    for &hf in names {
         for t in hf_to_gguf(hf)
             .into_iter()
             .flatten()
             .filter(|t| t.file == file)
         {
-            let mut shape = w.shape(hf)?;
+            let mut shape = shape(hf)?;
             match t.slice {
                 Slice::Whole => {}
                 Slice::QkvPart(_) => shape[0] /= 3,
@@ -200,12 +220,14 @@ fn plan(w: &HfWeights, cfg: &Config, file: GgufFileKind, recipe: Recipe) -> Resu
     Ok(out)
 }
 
-fn write(
+/// Writes `path` with `meta` and the tensors of `plan`, whose bytes `encode` gives one tensor at a
+/// time, so that only one tensor is ever held in memory.
+pub(crate) fn write(
     path: &Path,
     meta: &[(String, OwnedValue)],
     plan: Vec<Planned>,
-    w: &HfWeights,
     progress: bool,
+    mut encode: impl FnMut(&Planned) -> Result<Vec<u8>>,
 ) -> Result<()> {
     let tensors: Vec<PendingTensor> = plan.iter().map(|p| p.tensor.clone()).collect();
     let mut writer = GgufWriter::create(path, meta, tensors, DEFAULT_ALIGNMENT)?;
@@ -224,9 +246,7 @@ fn write(
             .unwrap_or_default(),
     );
     for p in &plan {
-        let (_, data) = w.read(&p.hf, p.slice)?;
-        let bytes = quantize_to_vec(p.tensor.ty, &data)
-            .with_context(|| format!("quantizing {} to {}", p.tensor.name, p.tensor.ty))?;
+        let bytes = encode(p)?;
         writer.write_tensor(&p.tensor.name, &bytes)?;
         bar.inc(1);
     }

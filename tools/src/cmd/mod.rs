@@ -11,6 +11,7 @@ pub mod export;
 pub mod init_base;
 pub mod inspect;
 pub mod plot;
+pub mod random_gguf;
 pub mod synth;
 pub mod tokenize;
 pub mod train;

@@ -20,6 +20,15 @@ pub fn anatomy(args: &[&str]) -> Output {
     anatomy_with_demo(args, None)
 }
 
+/// `anatomy <args>` run from `dir` (commands as a user types them from the repository root).
+pub fn anatomy_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_anatomy"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 /// The standard output of a command that must have succeeded (its stderr otherwise).
 pub fn ok(out: Output) -> String {
     assert!(

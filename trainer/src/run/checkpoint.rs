@@ -80,6 +80,46 @@ fn is_support_file(name: &str) -> bool {
         || name.starts_with('.'))
 }
 
+/// `run_dir/processor/`: copies of `root`'s non-weight files with the processor's `max_pixels`
+/// (and `size.longest_edge`, transformers 5's spelling) set to `max_pixels`, for a run that
+/// trains on other image sizes than its starting checkpoint; its checkpoints copy these files,
+/// so export and inference resize images as training did.
+pub fn support_with_max_pixels(
+    root: &Path,
+    run_dir: &Path,
+    max_pixels: usize,
+) -> Result<PathBuf, RunError> {
+    let dir = run_dir.join("processor");
+    std::fs::create_dir_all(&dir).map_err(|e| RunError::io(&dir, e))?;
+    for entry in std::fs::read_dir(root).map_err(|e| RunError::io(root, e))? {
+        let from = entry.map_err(|e| RunError::io(root, e))?.path();
+        let name = from.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if from.is_file() && is_support_file(name) {
+            let to = dir.join(name);
+            std::fs::copy(&from, &to).map_err(|e| RunError::io(&to, e))?;
+        }
+    }
+    let path = dir.join("preprocessor_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
+    let mut pp: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&path, e))?;
+    let obj = pp
+        .as_object_mut()
+        .ok_or_else(|| err(&path, "not a JSON object"))?;
+    let min = obj
+        .get("min_pixels")
+        .and_then(|v| v.as_u64())
+        .map_or(max_pixels, |v| (v as usize).min(max_pixels));
+    obj.insert("max_pixels".into(), max_pixels.into());
+    obj.insert("min_pixels".into(), min.into());
+    if let Some(size) = obj.get_mut("size").and_then(|v| v.as_object_mut()) {
+        size.insert("longest_edge".into(), max_pixels.into());
+        size.insert("shortest_edge".into(), min.into());
+    }
+    let out = serde_json::to_string_pretty(&pp).map_err(|e| err(&path, e))?;
+    std::fs::write(&path, out).map_err(|e| RunError::io(&path, e))?;
+    Ok(dir)
+}
+
 pub struct Checkpoint {
     pub weights: Weights,
     pub optimizer: HashMap<String, Tensor>,
@@ -164,4 +204,48 @@ pub fn load(dir: &Path) -> Result<Checkpoint, RunError> {
         optimizer: st("optimizer.safetensors")?,
         state: serde_json::from_str(&text).map_err(|e| err(&sp, e))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_max_pixels_override_rewrites_only_the_processor_bounds() {
+        let root = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let pp = r#"{"min_pixels": 3136, "max_pixels": 12544, "patch_size": 14,
+            "size": {"longest_edge": 12544, "shortest_edge": 3136}}"#;
+        std::fs::write(root.path().join("preprocessor_config.json"), pp).unwrap();
+        std::fs::write(root.path().join("config.json"), "{}").unwrap();
+        std::fs::write(root.path().join("model.safetensors"), "weights").unwrap();
+
+        let dir = support_with_max_pixels(root.path(), run.path(), 28224).unwrap();
+        assert_eq!(dir, run.path().join("processor"));
+        assert!(dir.join("config.json").is_file());
+        assert!(
+            !dir.join("model.safetensors").exists(),
+            "weights are not support files"
+        );
+        let text = std::fs::read_to_string(dir.join("preprocessor_config.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["max_pixels"], 28224);
+        assert_eq!(v["min_pixels"], 3136);
+        assert_eq!(v["size"]["longest_edge"], 28224);
+        assert_eq!(v["patch_size"], 14);
+
+        // A bound below min_pixels pulls min_pixels down with it.
+        let dir = support_with_max_pixels(root.path(), run.path(), 1568).unwrap();
+        let text = std::fs::read_to_string(dir.join("preprocessor_config.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (v["min_pixels"].as_u64(), v["max_pixels"].as_u64()),
+            (Some(1568), Some(1568))
+        );
+
+        std::fs::remove_file(root.path().join("preprocessor_config.json")).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        let e = support_with_max_pixels(root.path(), fresh.path(), 28224).unwrap_err();
+        assert!(e.to_string().contains("preprocessor_config.json"), "{e}");
+    }
 }

@@ -51,6 +51,12 @@ pub struct RunConfig {
     /// Full fine-tuning only: train the vision tower too (frozen by default, as in the paper).
     #[serde(default)]
     pub train_vision: bool,
+    /// Full fine-tuning only: resize images to at most this many pixels instead of the
+    /// processor's `max_pixels`, and record the new bound in the checkpoints' processor file.
+    /// Progressive resizing: a warm start on small images (few image tokens, fast steps)
+    /// continued on larger ones, where a 3x3 grid cell spans whole merged patches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pixels: Option<usize>,
     /// The KL reference policy.
     #[serde(default)]
     pub reference: Reference,
@@ -154,11 +160,17 @@ impl Default for RewardConfig {
 pub struct SftConfig {
     /// The reasoning text put between the think tags of the target; `{answer}` stands for the
     /// text of the option the target answers (the model names what it sees, then picks the
-    /// letter of that option).
+    /// letter of that option); `{options}` for the lettered option lines as the prompt lists
+    /// them (restating them gives a small model many copy examples per answer, which is how it
+    /// learns to find an option's letter by its text).
     pub think: String,
     /// `correct` (the SFT baseline) or `random` (a letter drawn at random: teaches the answer
     /// format and nothing about the answers, a warm start for GRPO).
     pub answer: SftAnswer,
+    /// How many of each step's questions are also answered greedily for the `reward` and
+    /// `accuracy` columns (0: all of the batch). Decoding costs more than the training step
+    /// itself, so a long run measures a few questions per step; the columns then average those.
+    pub greedy_samples: usize,
 }
 
 impl Default for SftConfig {
@@ -166,6 +178,7 @@ impl Default for SftConfig {
         SftConfig {
             think: "Looking at the image.".into(),
             answer: SftAnswer::Correct,
+            greedy_samples: 0,
         }
     }
 }
@@ -267,6 +280,12 @@ impl RunConfig {
                 "train_vision needs finetune = \"full\" (LoRA adapts the language model only)",
             );
         }
+        if self.max_pixels.is_some() && self.finetune != Finetune::Full {
+            return bad("max_pixels needs finetune = \"full\": a LoRA run's export takes the processor of its base");
+        }
+        if self.max_pixels.is_some_and(|m| m < 28 * 28) {
+            return bad("max_pixels must be at least 784 (one merged 28x28 patch)");
+        }
         if self.finetune == Finetune::Full && self.reference == Reference::AdaptersOff {
             return bad("reference = \"adapters_off\" needs finetune = \"lora\": full fine-tuning has no adapters to switch off; use frozen_copy");
         }
@@ -337,6 +356,16 @@ rank = 4
         let full = RunConfig::parse(BASE, &["finetune=\"full\"".into()]).unwrap();
         assert_eq!(full.reference_model(), Reference::FrozenCopy);
         assert!(RunConfig::parse(BASE, &["train_vision=true".into()]).is_err());
+        assert!(RunConfig::parse(BASE, &["max_pixels=28224".into()]).is_err());
+        assert!(
+            RunConfig::parse(BASE, &["finetune=\"full\"".into(), "max_pixels=100".into()]).is_err()
+        );
+        let c = RunConfig::parse(
+            BASE,
+            &["finetune=\"full\"".into(), "max_pixels=28224".into()],
+        )
+        .unwrap();
+        assert_eq!(c.max_pixels, Some(28224));
         assert!(RunConfig::parse(
             BASE,
             &[

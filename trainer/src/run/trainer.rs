@@ -179,7 +179,12 @@ impl Trainer {
                     Some(ck) if checkpoint::is_full(ck) => ck.to_path_buf(),
                     _ => root.clone(),
                 };
-                let (m, f) = FullWeights::load(&weights, &root, dtype, &device, cfg.train_vision)?;
+                let support = match cfg.max_pixels {
+                    Some(m) => checkpoint::support_with_max_pixels(&root, &run_dir, m)?,
+                    None => root.clone(),
+                };
+                let (m, f) =
+                    FullWeights::load(&weights, &support, dtype, &device, cfg.train_vision)?;
                 (m, Some(f))
             }
         };
@@ -190,7 +195,11 @@ impl Trainer {
             _ => None,
         };
         let tok = ChatTokenizer::from_dir(&root)?;
-        let params = load_preprocess_params(&root)?;
+        let mut params = load_preprocess_params(&root)?;
+        if let Some(m) = cfg.max_pixels {
+            params.max_pixels = m;
+            params.min_pixels = params.min_pixels.min(m);
+        }
         let opts = data::LoadOptions {
             image_root: cfg.image_root.clone(),
             skip_bad: false,
@@ -646,7 +655,19 @@ impl Trainer {
             SftAnswer::Correct => q.answer,
             SftAnswer::Random => rng.below(q.options.len()),
         };
-        let think = self.cfg.sft.think.replace("{answer}", &q.options[answer]);
+        let options = q
+            .options
+            .iter()
+            .enumerate()
+            .map(|(i, o)| format!("{}. {o}", data::letter(i)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let think = self
+            .cfg
+            .sft
+            .think
+            .replace("{answer}", &q.options[answer])
+            .replace("{options}", &options);
         let text = format!(
             "<think>{think}</think> <answer>{}</answer>",
             data::letter(answer)
@@ -667,13 +688,20 @@ impl Trainer {
             accuracy: self.cfg.reward.accuracy,
             format: self.cfg.reward.format,
         };
-        for &qi in &idx {
+        let measured = match self.cfg.sft.greedy_samples {
+            0 => n,
+            k => k.min(n),
+        };
+        for (i, &qi) in idx.iter().enumerate() {
             let q = self.questions[qi].clone();
             let prompt = self.prompt(&q)?;
             let target = self.sft_target(&q, &mut rng)?;
             let loss = (sft_loss(&self.model, &prompt, &target)? / n as f64)?;
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             acc.add(&loss.backward()?)?;
+            if i >= measured {
+                continue;
+            }
             // What the model answers now, greedily, for the reward and accuracy columns.
             let rc = RolloutConfig {
                 temperature: 0.0,
@@ -691,7 +719,7 @@ impl Trainer {
             len += c.tokens.len();
         }
         let (grad_norm, lr) = self.apply(&mut acc)?;
-        let k = n as f32;
+        let k = measured as f32;
         let batch = idx.clone();
         self.sampler.record(total_r / k);
         self.history.push(StepHistory {

@@ -57,6 +57,14 @@ pub fn size_label(params: u64) -> OwnedValue {
 
 /// Metadata of the language-model file.
 pub fn language(cfg: &Config, dir: &Path, name: &str, recipe: Recipe) -> Result<Meta> {
+    let mut m = language_params(cfg, name, recipe)?;
+    tokenizer(&mut m, cfg, dir)?;
+    Ok(m)
+}
+
+/// The language-model file's `general.*` and `qwen2vl.*` keys, without the tokenizer (for files
+/// whose vocabulary comes from elsewhere than an HF directory).
+pub fn language_params(cfg: &Config, name: &str, recipe: Recipe) -> Result<Meta> {
     let t = &cfg.text;
     let mut m = Meta::new();
     general(&mut m, "qwen2vl", "model", name, recipe.file_type());
@@ -99,7 +107,6 @@ pub fn language(cfg: &Config, dir: &Path, name: &str, recipe: Recipe) -> Result<
         "qwen2vl.attention.layer_norm_rms_epsilon",
         OwnedValue::F32(t.rms_norm_eps as f32),
     );
-    tokenizer(&mut m, cfg, dir)?;
     Ok(m)
 }
 
