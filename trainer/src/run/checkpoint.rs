@@ -80,6 +80,19 @@ fn is_support_file(name: &str) -> bool {
         || name.starts_with('.'))
 }
 
+/// Copies `from`'s non-weight files (config, tokenizer, processor) into `to`.
+fn copy_support_files(from: &Path, to: &Path) -> Result<(), RunError> {
+    for entry in std::fs::read_dir(from).map_err(|e| RunError::io(from, e))? {
+        let src = entry.map_err(|e| RunError::io(from, e))?.path();
+        let name = src.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if src.is_file() && is_support_file(name) {
+            let dst = to.join(name);
+            std::fs::copy(&src, &dst).map_err(|e| RunError::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// `run_dir/processor/`: copies of `root`'s non-weight files with the processor's `max_pixels`
 /// (and `size.longest_edge`, transformers 5's spelling) set to `max_pixels`, for a run that
 /// trains on other image sizes than its starting checkpoint; its checkpoints copy these files,
@@ -91,14 +104,7 @@ pub fn support_with_max_pixels(
 ) -> Result<PathBuf, RunError> {
     let dir = run_dir.join("processor");
     std::fs::create_dir_all(&dir).map_err(|e| RunError::io(&dir, e))?;
-    for entry in std::fs::read_dir(root).map_err(|e| RunError::io(root, e))? {
-        let from = entry.map_err(|e| RunError::io(root, e))?.path();
-        let name = from.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if from.is_file() && is_support_file(name) {
-            let to = dir.join(name);
-            std::fs::copy(&from, &to).map_err(|e| RunError::io(&to, e))?;
-        }
-    }
+    copy_support_files(root, &dir)?;
     let path = dir.join("preprocessor_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
     let mut pp: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&path, e))?;
@@ -148,14 +154,7 @@ pub fn save(run_dir: &Path, ck: &Checkpoint) -> Result<PathBuf, RunError> {
         Weights::Full { tensors, support } => {
             candle_core::safetensors::save(tensors, tmp.join("model.safetensors"))
                 .map_err(|e| err(&tmp, e))?;
-            for entry in std::fs::read_dir(support).map_err(|e| RunError::io(support, e))? {
-                let from = entry.map_err(|e| RunError::io(support, e))?.path();
-                let name = from.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if from.is_file() && is_support_file(name) {
-                    let to = tmp.join(name);
-                    std::fs::copy(&from, &to).map_err(|e| RunError::io(&to, e))?;
-                }
-            }
+            copy_support_files(support, &tmp)?;
         }
         Weights::FullOnDisk => return Err(err(&tmp, "no weights in memory to save")),
     }
