@@ -9,6 +9,29 @@ use super::{check_len, f16_at, QuantError};
 /// Decodes `src` (whole blocks of `ty`) into `dst`, one f32 per element.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     check_len(ty, dst.len(), src.len())?;
+    // Float rows element by element without a call per element: the blocked matmul decodes whole
+    // F16 projector panels through here.
+    match ty {
+        GgmlType::F32 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            return Ok(());
+        }
+        GgmlType::F16 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *y = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+            return Ok(());
+        }
+        GgmlType::BF16 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *y = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let (bs, ts) = (ty.block_size(), ty.type_size());
     let decode: fn(&[u8], &mut [f32]) = match ty {
         GgmlType::F32 => block_f32,

@@ -1,12 +1,14 @@
 //! Row kernels of the CPU backend: RMSNorm, rotary, attention, activations, softmax, argmax.
 //!
 //! Attention uses an online softmax over blocks of keys (running max and sum, as flash attention
-//! does), so it needs no scores buffer: nothing is allocated per call, and every `(query row,
-//! head)` pair is an independent task writing its own contiguous slice of the output.
+//! does), so it needs no scores buffer and allocates nothing per call. A task takes a few
+//! neighbouring query rows and, per KV head, scores all their heads of that KV head against each
+//! key row as it passes, so keys and values are read once per block instead of once per head and
+//! row (the reads, not the arithmetic, bound attention at 512+ positions).
 
 use rayon::prelude::*;
 
-use super::matmul::dot_f32;
+use super::simd::{axpy, dot as dot_f32};
 use crate::backend::{AttnShape, Mask};
 
 /// Largest head size the stack accumulator of [`attention`] holds (Qwen2.5-VL: 128 and 80).
@@ -80,6 +82,9 @@ fn key_range(mask: &Mask<'_>, i: usize) -> std::ops::Range<usize> {
     }
 }
 
+/// Query vectors (query rows x the heads of one KV head) scored together against each key.
+const MAX_Q: usize = 16;
+
 pub(super) fn attention(
     q: &[f32],
     k: &[f32],
@@ -96,53 +101,117 @@ pub(super) fn attention(
         head_dim: d,
     } = shape;
     let group = heads / kv_heads;
-    let (qw, kw) = (heads * d, kv_heads * d);
-    let scale = 1.0 / (d as f32).sqrt();
+    let qw = heads * d;
+    // Rows per task: the heads sharing a KV head and a few neighbouring query rows read each key
+    // and value row once for all of them, instead of once per (row, head).
+    let rows = (MAX_Q / group.max(1)).clamp(1, 8);
     out[..n_q * qw]
-        .par_chunks_mut(d)
+        .par_chunks_mut(rows * qw)
         .enumerate()
         .for_each(|(task, o)| {
-            let (i, h) = (task / heads, task % heads);
-            let qr = &q[i * qw + h * d..i * qw + (h + 1) * d];
-            let off = (h / group) * d;
-            let keys = key_range(mask, i);
-            let keys = keys.start..keys.end.min(n_kv);
-            let mut acc = [0f32; MAX_HEAD_DIM];
-            let acc = &mut acc[..d];
-            let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-            let mut scores = [0f32; KEY_BLOCK];
-            let mut start = keys.start;
-            while start < keys.end {
-                let end = (start + KEY_BLOCK).min(keys.end);
-                let s = &mut scores[..end - start];
-                let mut bm = f32::NEG_INFINITY;
-                for (t, sc) in s.iter_mut().enumerate() {
-                    let kr = &k[(start + t) * kw + off..(start + t) * kw + off + d];
-                    *sc = dot_f32(qr, kr) * scale;
-                    bm = bm.max(*sc);
+            let i0 = task * rows;
+            let r = o.len() / qw;
+            for g in 0..kv_heads {
+                let total = r * group;
+                let mut start = 0;
+                while start < total {
+                    let end = (start + MAX_Q).min(total);
+                    let vecs =
+                        |x: usize| (i0 + (start + x) / group, g * group + (start + x) % group);
+                    attend(q, k, v, o, i0, shape, mask, n_kv, end - start, &vecs);
+                    start = end;
                 }
-                let nm = m.max(bm);
-                let corr = (m - nm).exp();
-                if corr != 1.0 {
-                    l *= corr;
-                    acc.iter_mut().for_each(|a| *a *= corr);
-                }
-                for (t, &sc) in s.iter().enumerate() {
-                    let p = (sc - nm).exp();
-                    l += p;
-                    let vr = &v[(start + t) * kw + off..(start + t) * kw + off + d];
-                    for (a, &vv) in acc.iter_mut().zip(vr) {
-                        *a += p * vv;
-                    }
-                }
-                m = nm;
-                start = end;
-            }
-            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-            for (y, a) in o.iter_mut().zip(acc.iter()) {
-                *y = a * inv;
             }
         });
+}
+
+/// Online-softmax attention of `nv <= MAX_Q` query vectors (`vecs(x)` = (row, head)) sharing one
+/// KV head, over the union of their key ranges; keys outside a vector's own range are skipped.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &mut [f32],
+    i0: usize,
+    shape: AttnShape,
+    mask: &Mask<'_>,
+    n_kv: usize,
+    nv: usize,
+    vecs: &dyn Fn(usize) -> (usize, usize),
+) {
+    let AttnShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+        ..
+    } = shape;
+    let (qw, kw) = (heads * d, kv_heads * d);
+    let off = (vecs(0).1 / (heads / kv_heads)) * d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut acc = [[0f32; MAX_HEAD_DIM]; MAX_Q];
+    let mut m = [f32::NEG_INFINITY; MAX_Q];
+    let mut l = [0f32; MAX_Q];
+    let mut ranges = [(0usize, 0usize); MAX_Q];
+    let (mut lo, mut hi) = (usize::MAX, 0);
+    for (x, rg) in ranges.iter_mut().enumerate().take(nv) {
+        let kr = key_range(mask, vecs(x).0);
+        *rg = (kr.start, kr.end.min(n_kv));
+        lo = lo.min(rg.0);
+        hi = hi.max(rg.1);
+    }
+    let mut scores = [[f32::NEG_INFINITY; KEY_BLOCK]; MAX_Q];
+    let mut start = lo;
+    while start < hi {
+        let end = (start + KEY_BLOCK).min(hi);
+        for t in start..end {
+            let kr = &k[t * kw + off..t * kw + off + d];
+            for x in 0..nv {
+                let (i, h) = vecs(x);
+                scores[x][t - start] = if ranges[x].0 <= t && t < ranges[x].1 {
+                    dot_f32(&q[i * qw + h * d..i * qw + (h + 1) * d], kr) * scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+        }
+        for x in 0..nv {
+            let s = &mut scores[x][..end - start];
+            let bm = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if bm == f32::NEG_INFINITY {
+                continue;
+            }
+            let nm = m[x].max(bm);
+            let corr = (m[x] - nm).exp();
+            if corr != 1.0 {
+                l[x] *= corr;
+                acc[x][..d].iter_mut().for_each(|a| *a *= corr);
+            }
+            for sc in s.iter_mut() {
+                *sc = (*sc - nm).exp();
+                l[x] += *sc;
+            }
+            m[x] = nm;
+        }
+        for t in start..end {
+            let vr = &v[t * kw + off..t * kw + off + d];
+            for x in 0..nv {
+                let p = scores[x][t - start];
+                if p > 0.0 {
+                    axpy(&mut acc[x][..d], p, vr);
+                }
+            }
+        }
+        start = end;
+    }
+    for x in 0..nv {
+        let (i, h) = vecs(x);
+        let inv = if l[x] > 0.0 { 1.0 / l[x] } else { 0.0 };
+        let dst = &mut o[(i - i0) * qw + h * d..(i - i0) * qw + (h + 1) * d];
+        for (y, a) in dst.iter_mut().zip(&acc[x][..d]) {
+            *y = a * inv;
+        }
+    }
 }
 
 pub(super) fn swiglu(gate: &mut [f32], up: &[f32]) {

@@ -9,9 +9,16 @@
 
 use rayon::prelude::*;
 
+use super::gemm::{gemm_panels, pack_activations, packed_len, scatter};
+use super::simd::dot as dot_f32;
 use super::{CpuMatrix, CpuWorkspace};
 use crate::backend::BackendError;
-use crate::quant::{quantize_row, vec_dot, GgmlType};
+use crate::quant::{dequantize_row, quantize_row, vec_dot, GgmlType};
+
+/// From this many activation rows on, weights are decoded to f32 once and multiplied by the
+/// blocked float kernel (`gemm`); below it each pair takes the quantized dot product, which reads
+/// the weights without decoding them.
+const GEMM_MIN_ROWS: usize = 16;
 
 /// Weight rows per task: enough tasks to balance the pool, few enough to amortise scheduling.
 fn rows_per_task(rows: usize) -> usize {
@@ -33,6 +40,25 @@ pub(super) fn matmul(
         tensor: format!("{m}x{k} {} matrix", w.ty),
         source,
     };
+    let rb = w.row_bytes;
+    if n >= GEMM_MIN_ROWS {
+        let len = packed_len(n, k);
+        if ws.packed.len() < len {
+            ws.packed.resize(len, 0.0);
+        }
+        pack_activations(x, n, k, &mut ws.packed);
+        let pr = gemm_panels(
+            m,
+            k,
+            n,
+            &ws.packed,
+            &mut ws.transposed[..m * n],
+            |j, dst| dequantize_row(w.ty, &wb[j * rb..(j + 1) * rb], dst),
+        )
+        .map_err(err)?;
+        scatter(&ws.transposed[..m * n], m, n, pr, out);
+        return Ok(());
+    }
     let vt = w.ty.vec_dot_type();
     let float = matches!(w.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
     let arb = if float {
@@ -48,7 +74,6 @@ pub(super) fn matmul(
             .map_err(err)?;
     }
     let q = &ws.quantized[..n * arb];
-    let rb = w.row_bytes;
     // Dot of weight row `j` with activation row `i`.
     let dot = |j: usize, i: usize| -> Result<f32, crate::quant::QuantError> {
         let wr = &wb[j * rb..(j + 1) * rb];
@@ -84,7 +109,12 @@ pub(super) fn matmul(
             Ok(())
         })
         .map_err(err)?;
-    let t = &ws.transposed[..m * n];
+    transpose_into(&ws.transposed[..m * n], m, n, out);
+    Ok(())
+}
+
+/// `out[i * m + j] = t[j * n + i]`: the transposed product back in activation-row order.
+fn transpose_into(t: &[f32], m: usize, n: usize, out: &mut [f32]) {
     out[..n * m]
         .par_chunks_mut(m)
         .enumerate()
@@ -93,7 +123,6 @@ pub(super) fn matmul(
                 *y = t[j * n + i];
             }
         });
-    Ok(())
 }
 
 /// Dot of a float weight row with f32 activations; halves are widened 64 at a time on the stack.
@@ -127,18 +156,4 @@ fn float_dot(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
             acc
         }
     }
-}
-
-/// Eight independent accumulators so the compiler keeps a vector register per lane group.
-pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, ar) = a.split_at(a.len() / 8 * 8);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }

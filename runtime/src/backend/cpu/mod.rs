@@ -7,11 +7,15 @@
 //! one) honours `--threads` and keeps the caller's other rayon work apart.
 //!
 //! - `matmul`: quantized and float matrix products, one row and many.
+//! - `gemm`: the blocked float kernel `matmul` uses for many rows, weights decoded once per panel.
+//! - `simd`: run-time dispatched dot product and axpy under the row kernels.
 //! - `kernels`: norms, rotary, attention, activations, row copies.
 
+mod gemm;
 mod kernels;
 pub use kernels::MAX_HEAD_DIM;
 mod matmul;
+mod simd;
 
 use std::sync::Arc;
 
@@ -61,10 +65,12 @@ impl CpuMatrix {
     }
 }
 
-/// Per-session scratch: quantized activation rows and the transposed product of a many-row matmul.
+/// Per-session scratch: quantized activation rows, the transposed product of a many-row matmul
+/// and its packed activations (sized on the first many-row product, then reused).
 pub struct CpuWorkspace {
     quantized: Vec<u8>,
     transposed: Vec<f32>,
+    packed: Vec<f32>,
 }
 
 /// The CPU backend.
@@ -149,6 +155,7 @@ impl Backend for CpuBackend {
                     0
                 }
             ],
+            packed: Vec::new(),
         }
     }
 

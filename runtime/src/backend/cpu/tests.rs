@@ -111,6 +111,79 @@ fn attention_masks_match_the_naive_formula() {
     assert!(out.0.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
 }
 
+/// The shapes of the real models: 3B's 8 heads per KV head (one block holds 16 query vectors),
+/// a group of 3 (a block of 5 rows, 15 vectors), and the vision tower's 80-wide heads over
+/// windows that blocks straddle.
+#[test]
+fn attention_blocks_of_rows_and_heads_match_the_naive_formula() {
+    let b = CpuBackend::new(Some(2)).unwrap();
+    let mut ws = b.workspace(WorkspaceSpec {
+        rows: 1,
+        cols: 1,
+        keys: 1,
+        heads: 1,
+    });
+    let segs = [(0, 13), (13, 20), (33, 7)];
+    let windows = |i: usize| match i {
+        0..13 => 0..13,
+        13..33 => 13..33,
+        _ => 33..40,
+    };
+    let cases: [(usize, usize, usize, usize, bool); 3] = [
+        (21, 16, 2, 128, true),
+        (9, 6, 2, 16, true),
+        (40, 4, 4, 80, false),
+    ];
+    for (n, heads, kv_heads, d, causal) in cases {
+        let s = AttnShape {
+            n_q: n,
+            n_kv: n + 3,
+            heads,
+            kv_heads,
+            head_dim: d,
+        };
+        let q = rand_vec(n * heads * d, 7);
+        let k = rand_vec((n + 3) * kv_heads * d, 8);
+        let v = rand_vec((n + 3) * kv_heads * d, 9);
+        let mut out = b.alloc(n * heads * d);
+        let (mask, want) = if causal {
+            (
+                Mask::Causal { past: 3 },
+                naive_attention(&q, &k, &v, s, |i| 0..4 + i),
+            )
+        } else {
+            let s = AttnShape { n_kv: n, ..s };
+            (
+                Mask::Segments(&segs),
+                naive_attention(&q, &k, &v, s, windows),
+            )
+        };
+        b.attention(
+            &mut ws,
+            &CpuBuffer(q.clone()),
+            &CpuBuffer(k.clone()),
+            &CpuBuffer(v.clone()),
+            &mut out,
+            if causal {
+                s
+            } else {
+                AttnShape { n_kv: n, ..s }
+            },
+            &mask,
+        );
+        let err = out
+            .0
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            err < 1e-5,
+            "{n} rows, {heads}/{kv_heads} heads of {d}: off by {err}"
+        );
+    }
+}
+
 /// Writes one `[rows, cols]` tensor per type into a GGUF file and maps it.
 fn matrix_file(
     dir: &std::path::Path,
