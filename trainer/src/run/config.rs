@@ -42,6 +42,9 @@ pub struct RunConfig {
     /// `f32`, `bf16` or `f16` for the base weights (adapters stay f32).
     #[serde(default = "default_dtype")]
     pub dtype: String,
+    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    #[serde(default = "default_device")]
+    pub device: String,
     /// Write a checkpoint every this many steps (and at the end); 0 only at the end.
     #[serde(default)]
     pub checkpoint_every: usize,
@@ -88,6 +91,10 @@ fn default_max_new() -> usize {
 fn one() -> f64 {
     1.0
 }
+fn default_device() -> String {
+    "cpu".into()
+}
+
 fn default_dtype() -> String {
     "f32".into()
 }
@@ -275,6 +282,7 @@ impl RunConfig {
         if !["f32", "bf16", "f16"].contains(&self.dtype.as_str()) {
             return bad("dtype must be f32, bf16 or f16");
         }
+        self.cuda_ordinal()?;
         if self.train_vision && self.finetune != Finetune::Full {
             return bad(
                 "train_vision needs finetune = \"full\" (LoRA adapts the language model only)",
@@ -290,6 +298,19 @@ impl RunConfig {
             return bad("reference = \"adapters_off\" needs finetune = \"lora\": full fine-tuning has no adapters to switch off; use frozen_copy");
         }
         Ok(())
+    }
+
+    /// `None` for the CPU, the GPU's ordinal for `cuda` / `cuda:N`.
+    pub fn cuda_ordinal(&self) -> Result<Option<usize>, RunError> {
+        match self.device.as_str() {
+            "cpu" => Ok(None),
+            "cuda" => Ok(Some(0)),
+            d => d
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Some)
+                .ok_or_else(|| RunError::Config("device must be cpu, cuda or cuda:N".into())),
+        }
     }
 
     pub fn to_toml(&self) -> String {

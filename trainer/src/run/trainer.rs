@@ -153,7 +153,15 @@ impl Trainer {
         run_dir: PathBuf,
         resume: Option<&Path>,
     ) -> Result<Self, RunError> {
-        let device = Device::Cpu;
+        let device = match cfg.cuda_ordinal() {
+            Ok(Some(n)) => Device::new_cuda(n).map_err(|e| {
+                RunError::Config(format!(
+                    "device = \"{}\": {e} (a CUDA build is `cargo build --release -p anatomy-cli --features cuda`, which needs the CUDA toolkit)",
+                    cfg.device
+                ))
+            })?,
+            _ => Device::Cpu,
+        };
         let dtype = match cfg.dtype.as_str() {
             "bf16" => DType::BF16,
             "f16" => DType::F16,
