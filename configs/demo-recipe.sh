@@ -2,7 +2,7 @@
 # The demo model's recipe, end to end, with our own code only: synthetic scenes, a random-weight
 # base, supervised warm start, GRPO with ASCL and GDQA, export to GGUF, evaluation on the held-out
 # scenes, and the sample frames shipped beside the model. Run from the repository root after
-# `cargo build --release -p anatomy-cli`; about an hour on 2 cores. The result replaces
+# `cargo build --release -p anatomy-cli`; about an hour and a half on 2 cores. The result replaces
 # demo/anatomy-demo.gguf, demo/anatomy-demo-mmproj.gguf and demo/samples/.
 #
 # The questions list all six structures in a fixed order (`--all-options`): a model this small,
@@ -29,8 +29,14 @@ MORE=(--set optim.lr=0.0015 --set optim.warmup_steps=20 --set sft.greedy_samples
   --set "init=$OUT/sft1/$(cat "$OUT/sft1/latest")" --set "output_dir=$OUT/sft2"
 "$A" train --config configs/demo-sft.toml "${DATA[@]}" "${MORE[@]}" --set steps=1000 \
   --set max_pixels=28224 --set "init=$OUT/sft2/$(cat "$OUT/sft2/latest")" --set "output_dir=$OUT/sft3"
+# A fourth pass on 12000 fresh scenes (each question seen about once): the first three runs fit
+# their 4112 questions to a loss near 0.05 while held-out accuracy stalled at 0.72.
+"$A" synth --out "$OUT/fresh" --count 12000 --seed 7 --holdout-fraction 0 "${SYNTH[@]}"
+"$A" train --config configs/demo-sft.toml --set "base=$OUT/base" --set "data=$OUT/fresh/train.json" \
+  --set "image_root=$OUT/fresh" "${MORE[@]}" --set optim.lr=0.001 --set steps=1500 \
+  --set max_pixels=28224 --set "init=$OUT/sft3/$(cat "$OUT/sft3/latest")" --set "output_dir=$OUT/sft4"
 "$A" train --config configs/demo-grpo.toml "${DATA[@]}" \
-  --set "init=$OUT/sft3/$(cat "$OUT/sft3/latest")" --set "output_dir=$OUT/grpo"
+  --set "init=$OUT/sft4/$(cat "$OUT/sft4/latest")" --set "output_dir=$OUT/grpo"
 "$A" export "$OUT/grpo" --out "$OUT/export/anatomy-demo" --quant q8_0
 "$A" eval --model "$OUT/export/anatomy-demo.gguf" --mmproj "$OUT/export/anatomy-demo-mmproj.gguf" \
   --data "$OUT/data/holdout.json" --json | tee "$OUT/eval.json"
