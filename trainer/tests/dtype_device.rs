@@ -2,7 +2,9 @@
 //! workstation) and the `device` key. A CPU build cannot run CUDA; it checks the same bf16 graph
 //! on the CPU and that asking for a GPU it lacks is a clear error, not a silent CPU run.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use anatomy_trainer::run::synthetic::write_colour_task;
 use anatomy_trainer::run::{RunConfig, Trainer};
@@ -36,11 +38,7 @@ lr = 0.01
 warmup_steps = 1
 {extra}
 "#,
-        PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/qwen2_5_vl/square/model"
-        ))
-        .display(),
+        common::fixture_model("square").display(),
         data.join("questions.jsonl").display(),
         data.display(),
         out.display(),
