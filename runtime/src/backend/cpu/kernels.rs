@@ -95,10 +95,10 @@ pub(super) fn attention(
 ) {
     let AttnShape {
         n_q,
-        n_kv,
         heads,
         kv_heads,
         head_dim: d,
+        ..
     } = shape;
     let group = heads / kv_heads;
     let qw = heads * d;
@@ -118,15 +118,15 @@ pub(super) fn attention(
                     let end = (start + MAX_Q).min(total);
                     let vecs =
                         |x: usize| (i0 + (start + x) / group, g * group + (start + x) % group);
-                    attend(q, k, v, o, i0, shape, mask, n_kv, end - start, &vecs);
+                    attend(q, k, v, o, i0, shape, mask, g, end - start, &vecs);
                     start = end;
                 }
             }
         });
 }
 
-/// Online-softmax attention of `nv <= MAX_Q` query vectors (`vecs(x)` = (row, head)) sharing one
-/// KV head, over the union of their key ranges; keys outside a vector's own range are skipped.
+/// Online-softmax attention of `nv <= MAX_Q` query vectors (`vecs(x)` = (row, head)) sharing KV
+/// head `kv_head`, over the union of their key ranges; keys outside a vector's own range are skipped.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
@@ -136,18 +136,19 @@ fn attend(
     i0: usize,
     shape: AttnShape,
     mask: &Mask<'_>,
-    n_kv: usize,
+    kv_head: usize,
     nv: usize,
     vecs: &dyn Fn(usize) -> (usize, usize),
 ) {
     let AttnShape {
+        n_kv,
         heads,
         kv_heads,
         head_dim: d,
         ..
     } = shape;
     let (qw, kw) = (heads * d, kv_heads * d);
-    let off = (vecs(0).1 / (heads / kv_heads)) * d;
+    let off = kv_head * d;
     let scale = 1.0 / (d as f32).sqrt();
     let mut acc = [[0f32; MAX_HEAD_DIM]; MAX_Q];
     let mut m = [f32::NEG_INFINITY; MAX_Q];
