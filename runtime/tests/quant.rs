@@ -217,3 +217,44 @@ fn misuse_is_a_typed_error() {
         Err(QuantError::ActivationType { .. })
     ));
 }
+
+/// `dequantize_row` (the decoders built for AVX2 where the CPU has it) gives exactly the scalar
+/// build's values for every type, on rows with a partial vector at the end (F16: 8 + 5 halves).
+#[test]
+fn vector_build_of_the_decoders_is_bit_exact() {
+    use anatomy_runtime::quant::{dequantize_row, dequantize_row_scalar};
+    let all = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+    ];
+    for ty in all {
+        let n = if ty.block_size() == 1 {
+            13
+        } else {
+            3 * ty.block_size()
+        };
+        let row = random_blocks(ty, n, 5 + ty as u64);
+        let (mut fast, mut plain) = (vec![f32::NAN; n], vec![0f32; n]);
+        dequantize_row(ty, &row, &mut fast).unwrap();
+        dequantize_row_scalar(ty, &row, &mut plain).unwrap();
+        for (i, (f, p)) in fast.iter().zip(&plain).enumerate() {
+            assert!(
+                f.to_bits() == p.to_bits() || (f.is_nan() && p.is_nan()),
+                "{ty} [{i}]: {f} vs {p}"
+            );
+        }
+    }
+}

@@ -22,7 +22,7 @@ pub mod types;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
-pub use dequant::dequantize_row;
+pub use dequant::{dequantize_row, dequantize_row_scalar};
 pub use dot::{vec_dot, vec_dot_scalar};
 pub use quantize::quantize_row;
 pub use types::{GgmlType, QK, QK_K};
@@ -78,7 +78,7 @@ pub(crate) fn check_len(ty: GgmlType, elements: usize, bytes: usize) -> Result<(
 }
 
 /// Reads a little-endian IEEE half at the start of `b`.
-#[inline]
+#[inline(always)]
 pub(crate) fn f16_at(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
 }

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use super::amx;
 use super::gemm::{gemm_panels, pack_activations, packed_len, scatter};
 use super::simd::dot as dot_f32;
 use super::{CpuMatrix, CpuWorkspace};
@@ -32,6 +33,7 @@ pub(super) fn matmul(
     x: &[f32],
     n: usize,
     out: &mut [f32],
+    amx: Option<amx::Amx>,
 ) -> Result<(), BackendError> {
     let (m, k) = (w.rows, w.cols);
     let wb = w.bytes();
@@ -41,6 +43,25 @@ pub(super) fn matmul(
         source,
     };
     let rb = w.row_bytes;
+    if let Some(amx) = amx.filter(|_| n >= GEMM_MIN_ROWS && w.ty != GgmlType::F32) {
+        let len = amx::packed_len(n, k);
+        if ws.packed_bf16.len() < len {
+            ws.packed_bf16.resize(len, 0);
+        }
+        amx::pack_activations(x, n, k, &mut ws.packed_bf16);
+        let pr = amx::gemm_panels(
+            amx,
+            m,
+            k,
+            n,
+            &ws.packed_bf16,
+            &mut ws.transposed[..m * n],
+            |j, dst| dequantize_row(w.ty, &wb[j * rb..(j + 1) * rb], dst),
+        )
+        .map_err(err)?;
+        scatter(&ws.transposed[..m * n], m, n, pr, out);
+        return Ok(());
+    }
     if n >= GEMM_MIN_ROWS {
         let len = packed_len(n, k);
         if ws.packed.len() < len {
@@ -113,14 +134,19 @@ pub(super) fn matmul(
     Ok(())
 }
 
-/// `out[i * m + j] = t[j * n + i]`: the transposed product back in activation-row order.
+/// `out[i * m + j] = t[j * n + i]`: the transposed product back in activation-row order, 16
+/// output rows per task so each read is a whole cache line and the writes stay in L1.
 fn transpose_into(t: &[f32], m: usize, n: usize, out: &mut [f32]) {
+    const B: usize = 16;
     out[..n * m]
-        .par_chunks_mut(m)
+        .par_chunks_mut(B * m)
         .enumerate()
-        .for_each(|(i, o)| {
-            for (j, y) in o.iter_mut().enumerate() {
-                *y = t[j * n + i];
+        .for_each(|(c, o)| {
+            let (i0, rows) = (c * B, o.len() / m);
+            for j in 0..m {
+                for (ii, &v) in t[j * n + i0..j * n + i0 + rows].iter().enumerate() {
+                    o[ii * m + j] = v;
+                }
             }
         });
 }

@@ -8,9 +8,11 @@
 //!
 //! - `matmul`: quantized and float matrix products, one row and many.
 //! - `gemm`: the blocked float kernel `matmul` uses for many rows, weights decoded once per panel.
+//! - `amx`: the bf16 tile kernel that replaces it on CPUs with AMX, for all but F32 weights.
 //! - `simd`: run-time dispatched dot product and axpy under the row kernels.
 //! - `kernels`: norms, rotary, attention, activations, row copies.
 
+mod amx;
 mod gemm;
 mod kernels;
 pub use kernels::MAX_HEAD_DIM;
@@ -71,12 +73,14 @@ pub struct CpuWorkspace {
     quantized: Vec<u8>,
     transposed: Vec<f32>,
     packed: Vec<f32>,
+    packed_bf16: Vec<u16>,
 }
 
 /// The CPU backend.
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
+    amx: Option<amx::Amx>,
 }
 
 impl CpuBackend {
@@ -88,7 +92,24 @@ impl CpuBackend {
             .thread_name(|i| format!("anatomy-cpu-{i}"))
             .build()
             .map_err(|e| BackendError::Threads(e.to_string()))?;
-        Ok(Self { pool, threads })
+        Ok(Self {
+            pool,
+            threads,
+            amx: amx::available(),
+        })
+    }
+
+    /// The same backend with the AMX tile kernels for many-row products on or off (on only where
+    /// the CPU and OS allow them; `ANATOMY_AMX=0` turns the default off process-wide). Off, the
+    /// products run the f32 kernel: a baseline for benchmarks in the same run.
+    pub fn with_amx(mut self, on: bool) -> Self {
+        self.amx = if on { amx::available() } else { None };
+        self
+    }
+
+    /// Whether many-row products run on the AMX tile kernels.
+    pub fn amx(&self) -> bool {
+        self.amx.is_some()
     }
 
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -156,6 +177,7 @@ impl Backend for CpuBackend {
                 }
             ],
             packed: Vec::new(),
+            packed_bf16: Vec::new(),
         }
     }
 
@@ -232,7 +254,7 @@ impl Backend for CpuBackend {
         rows: usize,
         out: &mut CpuBuffer,
     ) -> Result<(), BackendError> {
-        self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0))
+        self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0, self.amx))
     }
 
     fn embed(
