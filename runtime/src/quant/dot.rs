@@ -33,7 +33,7 @@ pub fn vec_dot(
 ) -> Result<f32, QuantError> {
     check(ty, act, n, w, a)?;
     #[cfg(target_arch = "x86_64")]
-    if let Some(v) = super::avx2::vec_dot(ty, w, a) {
+    if let Some(v) = super::avx512::vec_dot(ty, w, a).or_else(|| super::avx2::vec_dot(ty, w, a)) {
         return Ok(v);
     }
     Ok(scalar(ty, w, a))

@@ -9,6 +9,7 @@
 //! - `dot`: scalar dot products of a weight row against its `vec_dot_type` activation row.
 //! - `avx2`: AVX2/FMA dot products for Q8_0, Q4_K and Q6_K, chosen at run time by [`dot::vec_dot`].
 //!   NEON paths for aarch64 are not written yet; aarch64 uses the scalar code.
+//! - `avx512`: an AVX-512 BW/VNNI Q4_K dot product, tried before the AVX2 one.
 //!
 //! All functions work on byte slices holding whole blocks, in the exact layout GGUF stores, so a
 //! memory-mapped tensor row can be passed without copying.
@@ -21,6 +22,8 @@ pub mod types;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 pub use dequant::{dequantize_row, dequantize_row_scalar};
 pub use dot::{vec_dot, vec_dot_scalar};
