@@ -13,6 +13,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anatomy_r1::xorshift_values;
 use anatomy_runtime::backend::{Backend, CpuBackend, WorkspaceSpec};
 use anatomy_runtime::gguf::writer::{GgufWriter, PendingTensor};
 use anatomy_runtime::gguf::GgufFile;
@@ -27,19 +28,6 @@ const CASES: [(&str, GgmlType, usize, usize, usize); 3] = [
     ("vision_mlp_up", GgmlType::F16, 3420, 1280, 1024),
 ];
 
-/// Deterministic values in [-1, 1) (xorshift).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 /// A GGUF holding the three weight matrices, in a temporary directory kept for the run.
 fn weights(dir: &std::path::Path) -> Arc<GgufFile> {
     let path = dir.join("prefill_matmul.gguf");
@@ -53,7 +41,7 @@ fn weights(dir: &std::path::Path) -> Arc<GgufFile> {
         .collect();
     let mut w = GgufWriter::create(&path, &[], tensors, 32).expect("create the weights file");
     for (i, &(name, ty, m, k, _)) in CASES.iter().enumerate() {
-        let data = quantize_to_vec(ty, &values(m * k, 3 + i as u64)).expect("quantize");
+        let data = quantize_to_vec(ty, &xorshift_values(m * k, 3 + i as u64)).expect("quantize");
         w.write_tensor(name, &data).expect("write a tensor");
     }
     w.finish().expect("finish the weights file");
@@ -86,7 +74,7 @@ fn bench(c: &mut Criterion) {
         for (kernel, b) in &kernels {
             let w = b.matrix(&file, name).expect("matrix");
             let mut x = b.alloc(n * k);
-            b.write(&mut x, 0, &values(n * k, 17));
+            b.write(&mut x, 0, &xorshift_values(n * k, 17));
             let mut out = b.alloc(n * m);
             let mut ws = b.workspace(WorkspaceSpec {
                 rows: n,

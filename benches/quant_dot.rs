@@ -10,6 +10,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use anatomy_r1::xorshift_values;
 use anatomy_runtime::quant::quantize::quantize_to_vec;
 use anatomy_runtime::quant::{vec_dot, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -29,31 +30,20 @@ const TYPES: [GgmlType; 6] = [
     GgmlType::Q6_K,
 ];
 
-/// Deterministic values in [-1, 1) (xorshift), enough to exercise every quantization level.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 /// A matrix of `MATRIX_BYTES` (rounded down to whole rows) of `ty` rows of length `n`, and an
 /// activation row in the type the kernel pairs with it.
 fn setup(ty: GgmlType, n: usize) -> (Vec<u8>, usize, Vec<u8>) {
     let row_bytes = ty.bytes_for(n as u64).expect("whole blocks") as usize;
-    let unique = quantize_to_vec(ty, &values(n * UNIQUE_ROWS, 7)).expect("quantize weights");
+    let unique =
+        quantize_to_vec(ty, &xorshift_values(n * UNIQUE_ROWS, 7)).expect("quantize weights");
     let rows = MATRIX_BYTES / row_bytes;
     let mut matrix = Vec::with_capacity(rows * row_bytes);
     while matrix.len() < rows * row_bytes {
         let take = (rows * row_bytes - matrix.len()).min(unique.len());
         matrix.extend_from_slice(&unique[..take]);
     }
-    let act = quantize_to_vec(ty.vec_dot_type(), &values(n, 11)).expect("quantize activations");
+    let act =
+        quantize_to_vec(ty.vec_dot_type(), &xorshift_values(n, 11)).expect("quantize activations");
     (matrix, row_bytes, act)
 }
 

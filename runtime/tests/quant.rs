@@ -258,3 +258,36 @@ fn vector_build_of_the_decoders_is_bit_exact() {
         }
     }
 }
+
+/// `vec_dot_rows` gives each row's `vec_dot`, and refuses a buffer that is not whole rows.
+#[test]
+fn row_loop_equals_one_dot_per_row() {
+    use anatomy_runtime::quant::vec_dot_rows;
+    let n = 512;
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::Q4_0,
+        GgmlType::F16,
+    ] {
+        let rows: Vec<Vec<u8>> = (0..5)
+            .map(|r| weight_row(ty, &weights(n, 40 + r)))
+            .collect();
+        let act_ty = ty.vec_dot_type();
+        let act = quantize_to_vec(act_ty, &weights(n, 77)).unwrap();
+        let all: Vec<u8> = rows.concat();
+        let mut out = vec![f32::NAN; rows.len()];
+        vec_dot_rows(ty, n, &all, act_ty, &act, &mut out).unwrap();
+        for (r, (row, got)) in rows.iter().zip(&out).enumerate() {
+            let want = vec_dot(ty, n, row, act_ty, &act).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{ty} row {r}");
+        }
+        let short = &all[..all.len() - 1];
+        assert!(matches!(
+            vec_dot_rows(ty, n, short, act_ty, &act, &mut out),
+            Err(QuantError::ByteLength { .. })
+        ));
+        assert!(vec_dot_rows(ty, n, &all, GgmlType::BF16, &act, &mut out).is_err());
+    }
+}

@@ -31,6 +31,22 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
     }
 }
 
+/// The kernel for `ty` when this CPU can run it (for a loop over rows that chooses once).
+pub(crate) fn kernel(ty: GgmlType) -> Option<unsafe fn(&[u8], &[u8]) -> f32> {
+    if !(is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"))
+    {
+        return None;
+    }
+    match ty {
+        GgmlType::Q8_0 => Some(q8_0),
+        GgmlType::Q4_K => Some(q4_k),
+        GgmlType::Q6_K => Some(q6_k),
+        _ => None,
+    }
+}
+
 /// The f16 at `b[0..2]` widened with F16C: the scalar `f16_at` is an out-of-line call per block,
 /// which cost a seventh of decode time.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -31,6 +31,19 @@ pub(crate) fn vec_dot(ty: super::GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
     }
 }
 
+/// The kernel for `ty` when this CPU can run it (for a loop over rows that chooses once).
+pub(crate) fn kernel(ty: super::GgmlType) -> Option<unsafe fn(&[u8], &[u8]) -> f32> {
+    use super::GgmlType;
+    if !available() {
+        return None;
+    }
+    match ty {
+        GgmlType::Q4_K => Some(q4_k),
+        GgmlType::Q6_K => Some(q6_k),
+        _ => None,
+    }
+}
+
 fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")

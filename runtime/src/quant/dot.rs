@@ -39,6 +39,47 @@ pub fn vec_dot(
     Ok(scalar(ty, w, a))
 }
 
+/// `out[r] = Σ w_r·a` for the consecutive weight rows `w_r` of `n` elements each that fill `w`:
+/// one check and one choice of kernel for all of them (per row, those cost a few percent of a
+/// decode step).
+pub fn vec_dot_rows(
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    act: GgmlType,
+    a: &[u8],
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    let rb = n / ty.block_size() * ty.type_size();
+    // Refuses a row length that is not whole blocks.
+    check_len(ty, n, rb)?;
+    if w.len() != rb * out.len() {
+        return Err(QuantError::ByteLength {
+            ty,
+            elements: n * out.len(),
+            bytes: w.len(),
+            expected: rb * out.len(),
+        });
+    }
+    let Some(first) = w.get(..rb).filter(|_| !out.is_empty()) else {
+        return Ok(());
+    };
+    check(ty, act, n, first, a)?;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(f) = super::avx512::kernel(ty).or_else(|| super::avx2::kernel(ty)) {
+        for (row, o) in w.chunks_exact(rb).zip(out.iter_mut()) {
+            // SAFETY: `kernel` hands out only kernels whose CPU features were detected; each
+            // row and `a` hold the same number of blocks (checked above).
+            *o = unsafe { f(row, a) };
+        }
+        return Ok(());
+    }
+    for (row, o) in w.chunks_exact(rb).zip(out.iter_mut()) {
+        *o = scalar(ty, row, a);
+    }
+    Ok(())
+}
+
 /// `Σ w·a` with the portable reference kernels only.
 pub fn vec_dot_scalar(
     ty: GgmlType,

@@ -14,7 +14,7 @@ use super::gemm::{gemm_panels, pack_activations, packed_len, scatter};
 use super::simd::dot as dot_f32;
 use super::{CpuMatrix, CpuWorkspace};
 use crate::backend::BackendError;
-use crate::quant::{dequantize_row, quantize_row, vec_dot, GgmlType};
+use crate::quant::{dequantize_row, quantize_row, vec_dot, vec_dot_rows, GgmlType};
 
 /// From this many activation rows on, weights are decoded to f32 once and multiplied by the
 /// blocked float kernel (`gemm`); below it each pair takes the quantized dot product, which reads
@@ -110,10 +110,15 @@ pub(super) fn matmul(
             .par_chunks_mut(per)
             .enumerate()
             .try_for_each(|(c, o)| {
-                for (r, y) in o.iter_mut().enumerate() {
-                    *y = dot(c * per + r, 0)?;
+                let j0 = c * per;
+                if float {
+                    for (r, y) in o.iter_mut().enumerate() {
+                        *y = dot(j0 + r, 0)?;
+                    }
+                    return Ok(());
                 }
-                Ok(())
+                let rows = &wb[j0 * rb..(j0 + o.len()) * rb];
+                vec_dot_rows(w.ty, k, rows, vt, &q[..arb], o)
             })
             .map_err(err);
     }
