@@ -32,7 +32,7 @@ pub(crate) fn vec_dot(ty: super::GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
 }
 
 /// The kernel for `ty` when this CPU can run it (for a loop over rows that chooses once).
-pub(crate) fn kernel(ty: super::GgmlType) -> Option<unsafe fn(&[u8], &[u8]) -> f32> {
+pub(crate) fn kernel(ty: super::GgmlType) -> Option<super::RowKernel> {
     use super::GgmlType;
     if !available() {
         return None;

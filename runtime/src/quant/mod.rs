@@ -30,6 +30,11 @@ pub use dot::{vec_dot, vec_dot_rows, vec_dot_scalar};
 pub use quantize::quantize_row;
 pub use types::{GgmlType, QK, QK_K};
 
+/// A dot-product kernel of one weight row with one activation row, built for CPU features that
+/// must be detected before it is called.
+#[cfg(target_arch = "x86_64")]
+pub(crate) type RowKernel = unsafe fn(&[u8], &[u8]) -> f32;
+
 /// Misuse of the row functions: a buffer whose length does not match the type's block geometry.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QuantError {
