@@ -9,7 +9,7 @@
 //! - `dot`: scalar dot products of a weight row against its `vec_dot_type` activation row.
 //! - `avx2`: AVX2/FMA dot products for Q8_0, Q4_K and Q6_K, chosen at run time by [`dot::vec_dot`].
 //!   NEON paths for aarch64 are not written yet; aarch64 uses the scalar code.
-//! - `avx512`: an AVX-512 BW/VNNI Q4_K dot product, tried before the AVX2 one.
+//! - `avx512`: AVX-512 BW/VNNI dot products for Q4_K, Q6_K and Q8_0, tried before the AVX2 ones.
 //!
 //! All functions work on byte slices holding whole blocks, in the exact layout GGUF stores, so a
 //! memory-mapped tensor row can be passed without copying.
