@@ -9,14 +9,12 @@
 
 use std::arch::x86_64::*;
 
-/// How far ahead of the block being read its row is prefetched, in bytes. Measured on the
-/// 3B Q4_K_M decode with two threads: 1 KiB reached 65-72% of the bandwidth bound, 2 KiB 75-78%,
-/// 4 KiB 85-90%, 8 KiB 77%.
-pub(super) const PREFETCH: usize = 4096;
+use super::avx2::{f16_at, hsum, prefetch_ahead, scales_mins_k4, scales_mins_vec};
 
 /// The AVX-512 result for `ty`, or `None` when this CPU lacks AVX-512 BW/VNNI or `ty` has no
-/// kernel here. `w` and `a` must hold the same number of blocks (checked by the caller; surplus
-/// bytes are ignored, never read out of bounds).
+/// kernel here. `w` and `a` must hold the same number of blocks (surplus bytes are ignored,
+/// never read out of bounds).
+#[cfg(test)]
 pub(crate) fn vec_dot(ty: super::GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
     // SAFETY: `kernel` hands out only kernels whose features were detected.
     kernel(ty).map(|f| unsafe { f(w, a) })
@@ -45,14 +43,6 @@ fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// The f16 at `b[0..2]`, widened with F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn f16_at(b: &[u8]) -> f32 {
-    let bits = u16::from_le_bytes([b[0], b[1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
 /// Q4_K weights (144-byte blocks) against Q8_K activations (292-byte blocks: f32 scale, 256
 /// values, 16 sums of 16 values as i16).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
@@ -70,13 +60,10 @@ unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm512_setzero_ps();
     let mut acc_min = _mm256_setzero_ps();
     for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
-        let p = x.as_ptr().wrapping_add(PREFETCH) as *const i8;
-        _mm_prefetch::<_MM_HINT_T0>(p);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
+        prefetch_ahead::<3>(x);
         let yd = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
         let (d, dmin) = (f16_at(x) * yd, f16_at(&x[2..]) * yd);
-        let scm = super::avx2::scales_mins_vec(&x[4..16]);
+        let scm = scales_mins_vec(scales_mins_k4(&x[4..16]));
         let s = &y[260..292];
         let bs = &x[16..144];
         // SAFETY: every load below is of a bounds-checked slice of exactly the loaded width:
@@ -103,11 +90,7 @@ unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
             acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
         }
     }
-    let mn = _mm256_add_ps(acc_min, _mm256_setzero_ps());
-    let s = _mm_add_ps(_mm256_castps256_ps128(mn), _mm256_extractf128_ps::<1>(mn));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-    _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(s)
+    _mm512_reduce_add_ps(acc) - hsum(acc_min)
 }
 
 /// Q6_K weights (210-byte blocks: 128 bytes of low nibbles, 64 of high bit pairs, 16 signed
@@ -133,11 +116,7 @@ unsafe fn q6_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm512_setzero_ps();
     let mut acc_bias = _mm256_setzero_ps();
     for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
-        let p = x.as_ptr().wrapping_add(PREFETCH) as *const i8;
-        _mm_prefetch::<_MM_HINT_T0>(p);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(192));
+        prefetch_ahead::<4>(x);
         let yd = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
         let d = f16_at(&x[208..]) * yd;
         let (ql, qh, sc, bs) = (&x[0..128], &x[128..192], &x[192..208], &y[260..292]);
@@ -174,11 +153,7 @@ unsafe fn q6_k(w: &[u8], a: &[u8]) -> f32 {
             acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
         }
     }
-    let b = acc_bias;
-    let s = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps::<1>(b));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-    _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(s)
+    _mm512_reduce_add_ps(acc) - hsum(acc_bias)
 }
 
 /// Q8_0 weights against Q8_0 activations (34-byte blocks: f16 scale, 32 signed values), two
@@ -192,9 +167,7 @@ unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
     let (wp, ap) = (w.chunks_exact(68), a.chunks_exact(68));
     let (wr, ar) = (wp.remainder(), ap.remainder());
     for (x, y) in wp.zip(ap) {
-        let p = x.as_ptr().wrapping_add(PREFETCH) as *const i8;
-        _mm_prefetch::<_MM_HINT_T0>(p);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        prefetch_ahead::<2>(x);
         let d0 = f16_at(x) * f16_at(y);
         let d1 = f16_at(&x[34..]) * f16_at(&y[34..]);
         let (x0, x1, y0, y1) = (&x[2..34], &x[36..68], &y[2..34], &y[36..68]);

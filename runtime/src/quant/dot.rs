@@ -33,8 +33,10 @@ pub fn vec_dot(
 ) -> Result<f32, QuantError> {
     check(ty, act, n, w, a)?;
     #[cfg(target_arch = "x86_64")]
-    if let Some(v) = super::avx512::vec_dot(ty, w, a).or_else(|| super::avx2::vec_dot(ty, w, a)) {
-        return Ok(v);
+    if let Some(f) = simd_kernel(ty) {
+        // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected; `w` and
+        // `a` hold the same number of blocks (checked above).
+        return Ok(unsafe { f(w, a) });
     }
     Ok(scalar(ty, w, a))
 }
@@ -66,9 +68,9 @@ pub fn vec_dot_rows(
     };
     check(ty, act, n, first, a)?;
     #[cfg(target_arch = "x86_64")]
-    if let Some(f) = super::avx512::kernel(ty).or_else(|| super::avx2::kernel(ty)) {
+    if let Some(f) = simd_kernel(ty) {
         for (row, o) in w.chunks_exact(rb).zip(out.iter_mut()) {
-            // SAFETY: `kernel` hands out only kernels whose CPU features were detected; each
+            // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected; each
             // row and `a` hold the same number of blocks (checked above).
             *o = unsafe { f(row, a) };
         }
@@ -78,6 +80,12 @@ pub fn vec_dot_rows(
         *o = scalar(ty, row, a);
     }
     Ok(())
+}
+
+/// The fastest vector kernel for `ty` this CPU runs: AVX-512 VNNI, then AVX2.
+#[cfg(target_arch = "x86_64")]
+fn simd_kernel(ty: GgmlType) -> Option<super::RowKernel> {
+    super::avx512::kernel(ty).or_else(|| super::avx2::kernel(ty))
 }
 
 /// `Σ w·a` with the portable reference kernels only.

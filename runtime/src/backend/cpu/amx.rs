@@ -23,6 +23,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::gemm::grow;
+
 /// bf16 values along `k` in one tile row (64 bytes).
 const TK: usize = 32;
 /// Rows of a tile.
@@ -75,9 +77,7 @@ pub(super) fn pack_activations(x: &[f32], n: usize, k: usize, xb: &mut [u16]) {
             }
             SCRATCH.with(|sc| {
                 let row = &mut sc.borrow_mut().0;
-                if row.len() < kt * TK {
-                    row.resize(kt * TK, 0.0);
-                }
+                grow(row, kt * TK);
                 let row = &mut row[..kt * TK];
                 row[k..].fill(0.0);
                 for c in 0..live {
@@ -138,13 +138,9 @@ pub(super) fn gemm_panels<E: Send>(
             let groups = rows.div_ceil(BLOCK);
             SCRATCH.with(|s| {
                 let (dec, packed) = &mut *s.borrow_mut();
-                if dec.len() < kt * TK {
-                    dec.resize(kt * TK, 0.0);
-                }
+                grow(dec, kt * TK);
                 let need = groups * BLOCK * kt * TK + TILE;
-                if packed.len() < need {
-                    packed.resize(need, 0);
-                }
+                grow(packed, need);
                 // Tiles start on a cache line.
                 let off = packed.as_ptr().align_offset(64).min(TILE);
                 let packed = &mut packed[off..off + groups * BLOCK * kt * TK];

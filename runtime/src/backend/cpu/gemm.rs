@@ -24,9 +24,10 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-fn grow(v: &mut Vec<f32>, len: usize) {
+/// `v` at least `len` long: scratch sized on the first product that needs it, then reused.
+pub(super) fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
     if v.len() < len {
-        v.resize(len, 0.0);
+        v.resize(len, T::default());
     }
 }
 

@@ -10,14 +10,14 @@
 use rayon::prelude::*;
 
 use super::amx;
-use super::gemm::{gemm_panels, pack_activations, packed_len, scatter};
+use super::gemm::{gemm_panels, grow, pack_activations, packed_len, scatter};
 use super::simd::dot as dot_f32;
 use super::{CpuMatrix, CpuWorkspace};
 use crate::backend::BackendError;
 use crate::quant::{dequantize_row, quantize_row, vec_dot, vec_dot_rows, GgmlType};
 
-/// From this many activation rows on, weights are decoded to f32 once and multiplied by the
-/// blocked float kernel (`gemm`); below it each pair takes the quantized dot product, which reads
+/// From this many activation rows on, weights are decoded once and multiplied by the AMX tile
+/// kernel (`amx`) or the blocked float kernel (`gemm`); below it each pair takes the quantized dot product, which reads
 /// the weights without decoding them.
 const GEMM_MIN_ROWS: usize = 16;
 
@@ -43,39 +43,23 @@ pub(super) fn matmul(
         source,
     };
     let rb = w.row_bytes;
-    if let Some(amx) = amx.filter(|_| n >= GEMM_MIN_ROWS && w.ty != GgmlType::F32) {
-        let len = amx::packed_len(n, k);
-        if ws.packed_bf16.len() < len {
-            ws.packed_bf16.resize(len, 0);
-        }
-        amx::pack_activations(x, n, k, &mut ws.packed_bf16);
-        let pr = amx::gemm_panels(
-            amx,
-            m,
-            k,
-            n,
-            &ws.packed_bf16,
-            &mut ws.transposed[..m * n],
-            |j, dst| dequantize_row(w.ty, &wb[j * rb..(j + 1) * rb], dst),
-        )
-        .map_err(err)?;
-        scatter(&ws.transposed[..m * n], m, n, pr, out);
-        return Ok(());
-    }
     if n >= GEMM_MIN_ROWS {
-        let len = packed_len(n, k);
-        if ws.packed.len() < len {
-            ws.packed.resize(len, 0.0);
+        let decode =
+            |j: usize, dst: &mut [f32]| dequantize_row(w.ty, &wb[j * rb..(j + 1) * rb], dst);
+        let t = &mut ws.transposed[..m * n];
+        // F32 rows stay in f32: bf16 would cost them precision they carry.
+        let pr = match amx.filter(|_| w.ty != GgmlType::F32) {
+            Some(amx) => {
+                grow(&mut ws.packed_bf16, amx::packed_len(n, k));
+                amx::pack_activations(x, n, k, &mut ws.packed_bf16);
+                amx::gemm_panels(amx, m, k, n, &ws.packed_bf16, t, decode)
+            }
+            None => {
+                grow(&mut ws.packed, packed_len(n, k));
+                pack_activations(x, n, k, &mut ws.packed);
+                gemm_panels(m, k, n, &ws.packed, t, decode)
+            }
         }
-        pack_activations(x, n, k, &mut ws.packed);
-        let pr = gemm_panels(
-            m,
-            k,
-            n,
-            &ws.packed,
-            &mut ws.transposed[..m * n],
-            |j, dst| dequantize_row(w.ty, &wb[j * rb..(j + 1) * rb], dst),
-        )
         .map_err(err)?;
         scatter(&ws.transposed[..m * n], m, n, pr, out);
         return Ok(());
