@@ -129,13 +129,6 @@ pub(super) fn scales_mins_k4(q: &[u8]) -> [u32; 4] {
     ]
 }
 
-/// The words of [`scales_mins_k4`] in one vector: scales in bytes 0..8, mins in 8..16.
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn scales_mins_vec(u: [u32; 4]) -> __m128i {
-    _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32)
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
     let low = _mm256_set1_epi8(0x0f);

@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{f16_at, hsum, prefetch_ahead, scales_mins_k4, scales_mins_vec};
+use super::avx2::{f16_at, hsum, prefetch_ahead, scales_mins_k4};
 
 /// The AVX-512 result for `ty`, or `None` when this CPU lacks AVX-512 BW/VNNI or `ty` has no
 /// kernel here. `w` and `a` must hold the same number of blocks (surplus bytes are ignored,
@@ -45,10 +45,15 @@ fn available() -> bool {
 
 /// Q4_K weights (144-byte blocks) against Q8_K activations (292-byte blocks: f32 scale, 256
 /// values, 16 sums of 16 values as i16).
+///
+/// Port 5 is the limit here: it alone runs 512-bit shuffles, inserts and GPR-to-vector moves,
+/// and a first version spent about 32 cycles of it per block (`llvm-mca`: four `vinserti64x4`,
+/// the scale vector built with `vpinsrd`, two f16 conversions). This one loads each 32 nibble
+/// bytes with a broadcast (a load-port operation) and shifts the upper half with a mask, converts
+/// both f16 scales at once, and moves the scales and mins as two u64s.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
-    let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
+    let low = _mm512_set1_epi8(0x0f);
     // i16 lane indices that spread scale 2g over the low 16 lanes and 2g + 1 over the high 16.
     let pick: [__m512i; 4] = std::array::from_fn(|g| {
         _mm512_mask_blend_epi16(
@@ -61,33 +66,40 @@ unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
     let mut acc_min = _mm256_setzero_ps();
     for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
         prefetch_ahead::<3>(x);
-        let yd = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
-        let (d, dmin) = (f16_at(x) * yd, f16_at(&x[2..]) * yd);
-        let scm = scales_mins_vec(scales_mins_k4(&x[4..16]));
-        let s = &y[260..292];
-        let bs = &x[16..144];
+        let [w0, w1, w2, w3] = scales_mins_k4(&x[4..16]);
+        let scales = (w1 as u64) << 32 | w0 as u64;
+        let mins = (w3 as u64) << 32 | w2 as u64;
+        let (head, s, bs) = (&x[0..8], &y[260..292], &x[16..144]);
         // SAFETY: every load below is of a bounds-checked slice of exactly the loaded width:
-        // `s` (32 bytes), `bs[32g..32g + 32]`, and
+        // `head` (8 bytes), `y[0..4]`, `s` (32 bytes), `bs[32g..32g + 32]`, and
         // `y[4 + 64g..68 + 64g]` (64 bytes, g < 4, inside the 292-byte block).
         unsafe {
-            let bsums = _mm256_madd_epi16(_mm256_loadu_si256(s.as_ptr() as *const __m256i), ones);
-            let mins = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(scm, scm));
-            let m = _mm256_mullo_epi32(bsums, mins);
-            acc_min = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(m), acc_min);
-            // The upper 24 lanes hold mins and zeros, which no `pick` index reaches.
-            let sc16 = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(scm));
+            // d and dmin (lanes 0 and 1; the scale bytes behind them convert to unused lanes).
+            let dd = _mm_cvtph_ps(_mm_loadl_epi64(head.as_ptr() as *const __m128i));
+            let dd = _mm_mul_ps(
+                dd,
+                _mm_set1_ps(f32::from_le_bytes([y[0], y[1], y[2], y[3]])),
+            );
+            // Each min doubled into both i16 halves of its i32 lane, so one madd multiplies the
+            // two 16-value sums of its sub-block and adds them.
+            let m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mins as i64));
+            let m16 = _mm256_or_si256(m32, _mm256_slli_epi32::<16>(m32));
+            let m = _mm256_madd_epi16(_mm256_loadu_si256(s.as_ptr() as *const __m256i), m16);
+            let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+            acc_min = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(m), acc_min);
+            // The upper 24 lanes are zeros, which no `pick` index reaches.
+            let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
             let mut sumi = _mm512_setzero_si512();
             for (g, pick) in pick.iter().enumerate() {
                 let qs = &bs[32 * g..32 * g + 32];
                 let ys = &y[4 + 64 * g..68 + 64 * g];
-                let q = _mm256_loadu_si256(qs.as_ptr() as *const __m256i);
-                let ql = _mm256_and_si256(q, low);
-                let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
-                let qq = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ql), qh);
-                let prod = _mm512_maddubs_epi16(qq, _mm512_loadu_si512(ys.as_ptr() as *const _));
+                let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.as_ptr() as *const __m256i));
+                let q = _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xffff_0000, q, 4), low);
+                let prod = _mm512_maddubs_epi16(q, _mm512_loadu_si512(ys.as_ptr() as *const _));
                 sumi = _mm512_dpwssd_epi32(sumi, prod, _mm512_permutexvar_epi16(*pick, sc16));
             }
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+            let d = _mm512_broadcastss_ps(dd);
+            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
         }
     }
     _mm512_reduce_add_ps(acc) - hsum(acc_min)
@@ -102,7 +114,13 @@ unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q6_k(w: &[u8], a: &[u8]) -> f32 {
     let low = _mm512_set1_epi8(0x0f);
-    let three = _mm512_set1_epi8(3);
+    let hi_bits = _mm512_set1_epi8(0x30);
+    // Per-half i16 shifts that bring bit pair 0 or 1 (left by 4, 2) and 2 or 3 (right by 0, 2) to
+    // bits 4-5 of every byte; the mask then drops what crossed in from the neighbouring byte.
+    let halves = |lo: i16, hi: i16| {
+        _mm512_mask_blend_epi16(0xffff_0000, _mm512_set1_epi16(lo), _mm512_set1_epi16(hi))
+    };
+    let (shl01, shr23) = (halves(4, 2), halves(0, 2));
     // i16 lane indices giving each group of 8 lanes (16 values) its scale: vector v of the block
     // (0..4) covers groups 4v..4v+4.
     let pick: [__m512i; 4] = std::array::from_fn(|v| {
@@ -132,15 +150,17 @@ unsafe fn q6_k(w: &[u8], a: &[u8]) -> f32 {
             let mut sumi = _mm512_setzero_si512();
             for h in 0..2 {
                 let l = _mm512_loadu_si512(ql[64 * h..64 * h + 64].as_ptr() as *const _);
-                let hb = _mm256_loadu_si256(qh[32 * h..32 * h + 32].as_ptr() as *const __m256i);
-                let join =
-                    |a: __m256i, b: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
-                let h01 = join(hb, _mm256_srli_epi16::<2>(hb));
-                let h23 = join(_mm256_srli_epi16::<4>(hb), _mm256_srli_epi16::<6>(hb));
-                let hi = |v: __m512i| _mm512_slli_epi16::<4>(_mm512_and_si512(v, three));
+                // Both halves of a vector take their two high bits from the same 32 bytes of
+                // `qh` (bit pairs 0, 1 for `q[0]`, 2, 3 for `q[1]`): a broadcast load and one
+                // per-half shift put them at bits 4-5 without a lane insert.
+                let hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    qh[32 * h..32 * h + 32].as_ptr() as *const __m256i,
+                ));
+                let h01 = _mm512_and_si512(_mm512_sllv_epi16(hb, shl01), hi_bits);
+                let h23 = _mm512_and_si512(_mm512_srlv_epi16(hb, shr23), hi_bits);
                 let q = [
-                    _mm512_or_si512(_mm512_and_si512(l, low), hi(h01)),
-                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(l), low), hi(h23)),
+                    _mm512_or_si512(_mm512_and_si512(l, low), h01),
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(l), low), h23),
                 ];
                 for (u, qu) in q.into_iter().enumerate() {
                     let ys = &y[4 + 128 * h + 64 * u..68 + 128 * h + 64 * u];
