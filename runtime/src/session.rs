@@ -343,13 +343,16 @@ impl<'m, B: Backend> Session<'m, B> {
             )));
         }
         let mut out = m.backend.alloc(tokens * vision.out_dim());
-        vision.encode(
-            &m.backend,
-            &mut self.vision,
-            &img.pixel_values,
-            img.grid_thw,
-            &mut out,
-        )?;
+        let scratch = &mut self.vision;
+        m.backend.scope(|| {
+            vision.encode(
+                &m.backend,
+                scratch,
+                &img.pixel_values,
+                img.grid_thw,
+                &mut out,
+            )
+        })?;
         if self.images.len() == IMAGE_CACHE {
             self.images.remove(0);
         }
@@ -425,8 +428,9 @@ impl<'m, B: Backend> Session<'m, B> {
                     i += run;
                 }
             }
-            m.text
-                .forward(&m.backend, &mut self.state, &ri.positions[start..end])?;
+            let (state, positions) = (&mut self.state, &ri.positions[start..end]);
+            m.backend
+                .scope(|| m.text.forward(&m.backend, state, positions))?;
         }
         self.tokens.extend_from_slice(ids);
         self.rope_delta = ri.rope_delta;
@@ -449,8 +453,9 @@ impl<'m, B: Backend> Session<'m, B> {
             self.positions
                 .extend((0..chunk.len() as i64).map(|i| [base + i; 3]));
             m.text.embed(&m.backend, &mut self.state, chunk)?;
-            m.text
-                .forward(&m.backend, &mut self.state, &self.positions)?;
+            let (state, positions) = (&mut self.state, &self.positions);
+            m.backend
+                .scope(|| m.text.forward(&m.backend, state, positions))?;
             self.tokens.extend_from_slice(chunk);
         }
         if !ids.is_empty() {

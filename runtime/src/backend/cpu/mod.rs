@@ -144,6 +144,10 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.install(f)
+    }
+
     fn threads(&self) -> usize {
         self.threads
     }
