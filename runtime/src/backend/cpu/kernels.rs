@@ -105,6 +105,36 @@ pub(super) fn attention(
     // Rows per task: the heads sharing a KV head and a few neighbouring query rows read each key
     // and value row once for all of them, instead of once per (row, head).
     let rows = (MAX_Q / group.max(1)).clamp(1, 8);
+    if n_q.div_ceil(rows) < rayon::current_num_threads() && kv_heads > 1 {
+        // Too few row tasks to occupy the pool (decoding: one row): one task per row and KV
+        // head instead, whose heads are a contiguous slice of the output row.
+        let gw = group * d;
+        out[..n_q * qw]
+            .par_chunks_mut(gw)
+            .enumerate()
+            .for_each(|(c, o)| {
+                let (i, g) = (c / kv_heads, c % kv_heads);
+                let mut start = 0;
+                while start < group {
+                    let end = (start + MAX_Q).min(group);
+                    let vecs = |x: usize| (i, g * group + start + x);
+                    attend(
+                        q,
+                        k,
+                        v,
+                        o,
+                        i * qw + g * gw + start * d,
+                        shape,
+                        mask,
+                        g,
+                        end - start,
+                        &vecs,
+                    );
+                    start = end;
+                }
+            });
+        return;
+    }
     out[..n_q * qw]
         .par_chunks_mut(rows * qw)
         .enumerate()
@@ -118,7 +148,7 @@ pub(super) fn attention(
                     let end = (start + MAX_Q).min(total);
                     let vecs =
                         |x: usize| (i0 + (start + x) / group, g * group + (start + x) % group);
-                    attend(q, k, v, o, i0, shape, mask, g, end - start, &vecs);
+                    attend(q, k, v, o, i0 * qw, shape, mask, g, end - start, &vecs);
                     start = end;
                 }
             }
@@ -127,13 +157,14 @@ pub(super) fn attention(
 
 /// Online-softmax attention of `nv <= MAX_Q` query vectors (`vecs(x)` = (row, head)) sharing KV
 /// head `kv_head`, over the union of their key ranges; keys outside a vector's own range are skipped.
+/// Vector (row `i`, head `h`) is written to `o[i·heads·d + h·d - base..][..d]`.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     o: &mut [f32],
-    i0: usize,
+    base: usize,
     shape: AttnShape,
     mask: &Mask<'_>,
     kv_head: usize,
@@ -208,7 +239,8 @@ fn attend(
     for x in 0..nv {
         let (i, h) = vecs(x);
         let inv = if l[x] > 0.0 { 1.0 / l[x] } else { 0.0 };
-        let dst = &mut o[(i - i0) * qw + h * d..(i - i0) * qw + (h + 1) * d];
+        let at = i * qw + h * d - base;
+        let dst = &mut o[at..at + d];
         for (y, a) in dst.iter_mut().zip(&acc[x][..d]) {
             *y = a * inv;
         }

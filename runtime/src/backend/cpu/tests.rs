@@ -113,7 +113,8 @@ fn attention_masks_match_the_naive_formula() {
 
 /// The shapes of the real models: 3B's 8 heads per KV head (one block holds 16 query vectors),
 /// a group of 3 (a block of 5 rows, 15 vectors), and the vision tower's 80-wide heads over
-/// windows that blocks straddle.
+/// windows that blocks straddle; then decoding's one row (and two rows of a group wider than a
+/// block), which split by KV head instead of by rows.
 #[test]
 fn attention_blocks_of_rows_and_heads_match_the_naive_formula() {
     let b = CpuBackend::new(Some(2)).unwrap();
@@ -129,10 +130,12 @@ fn attention_blocks_of_rows_and_heads_match_the_naive_formula() {
         13..33 => 13..33,
         _ => 33..40,
     };
-    let cases: [(usize, usize, usize, usize, bool); 3] = [
+    let cases: [(usize, usize, usize, usize, bool); 5] = [
         (21, 16, 2, 128, true),
         (9, 6, 2, 16, true),
         (40, 4, 4, 80, false),
+        (1, 16, 2, 128, true),
+        (2, 40, 2, 16, true),
     ];
     for (n, heads, kv_heads, d, causal) in cases {
         let s = AttnShape {
