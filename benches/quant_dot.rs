@@ -3,7 +3,8 @@
 //! Qwen2.5-VL's matrices (2048: the 3B hidden size; 11008: the 3B FFN width), over a ~64 MB
 //! weight matrix so that every iteration streams the weights from DRAM as a matrix-vector
 //! product does. Throughput is in bytes of weights read; `memory_read` sums a buffer of the same
-//! size in the same run, the ceiling a kernel that only reads memory could reach on this machine.
+//! size in the same run with the runtime's bandwidth probe (`backend::cpu::bandwidth`), the
+//! ceiling a kernel that only reads memory could reach on this machine.
 //!
 //! `cargo bench --bench quant_dot` (add `-- --quick` for a short run).
 
@@ -11,6 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use anatomy_r1::xorshift_values;
+use anatomy_runtime::backend::cpu::bandwidth::read_sum;
 use anatomy_runtime::quant::quantize::quantize_to_vec;
 use anatomy_runtime::quant::{vec_dot, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -47,30 +49,16 @@ fn setup(ty: GgmlType, n: usize) -> (Vec<u8>, usize, Vec<u8>) {
     (matrix, row_bytes, act)
 }
 
-/// Reads every byte once (8 independent u64 lanes, which the compiler vectorises).
-fn sum_bytes(buf: &[u8]) -> u64 {
-    let mut acc = [0u64; 8];
-    let chunks = buf.chunks_exact(64);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, w) in acc.iter_mut().zip(c.chunks_exact(8)) {
-            *a = a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
-        }
-    }
-    let rest: u64 = tail.iter().map(|&b| b as u64).sum();
-    acc.iter().fold(rest, |s, &a| s.wrapping_add(a))
-}
-
 fn bench(c: &mut Criterion) {
     for n in [2048usize, 11008] {
         let mut g = c.benchmark_group(format!("quant_dot/{n}"));
         g.sample_size(10)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2));
-        let baseline: Vec<u8> = (0..MATRIX_BYTES).map(|i| (i * 31 + 7) as u8).collect();
+        let baseline: Vec<u64> = (0..MATRIX_BYTES as u64 / 8).map(|i| i * 31 + 7).collect();
         let baseline = baseline.as_slice();
-        g.throughput(Throughput::Bytes(baseline.len() as u64));
-        g.bench_function("memory_read", |b| b.iter(|| sum_bytes(black_box(baseline))));
+        g.throughput(Throughput::Bytes(MATRIX_BYTES as u64));
+        g.bench_function("memory_read", |b| b.iter(|| read_sum(black_box(baseline))));
         for ty in TYPES {
             let (matrix, row_bytes, act) = setup(ty, n);
             g.throughput(Throughput::Bytes(matrix.len() as u64));

@@ -60,7 +60,7 @@ pub(super) fn prefetch_ahead<const LINES: usize>(block: &[u8]) {
 /// How far ahead of the block being read its row is prefetched, in bytes. Measured on the 3B
 /// Q4_K_M decode with two threads: 1 KiB reached 65-72% of the bandwidth bound, 2 KiB 75-78%,
 /// 4 KiB 85-90%, 8 KiB 77%.
-const PREFETCH: usize = 4096;
+pub(crate) const PREFETCH: usize = 4096;
 
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn hsum(v: __m256) -> f32 {

@@ -24,6 +24,9 @@ pub mod types;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+/// How far ahead of the block being read the x86 kernels prefetch, in bytes.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::PREFETCH as PREFETCH_BYTES;
 
 pub use dequant::{dequantize_row, dequantize_row_scalar};
 pub use dot::{vec_dot, vec_dot_rows, vec_dot_scalar};

@@ -44,31 +44,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Read bandwidth in bytes/s: each thread sums its share of a 512 MiB buffer (far larger than any
-/// cache) with wrapping integer adds, which vectorise, so the loop is bound by memory, not by a
-/// serial float add chain; best of five passes.
-fn read_bandwidth(threads: usize) -> f64 {
-    let n: usize = 64 << 20; // u64s
-    let buf: Vec<u64> = (0..n as u64).map(|i| i % 7).collect();
-    let chunk = n.div_ceil(threads.max(1));
-    let mut best = 0.0f64;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let total: u64 = std::thread::scope(|s| {
-            let hs: Vec<_> = buf
-                .chunks(chunk)
-                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &b| a.wrapping_add(b))))
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().unwrap_or(0))
-                .fold(0u64, u64::wrapping_add)
-        });
-        std::hint::black_box(total);
-        best = best.max((n * 8) as f64 / t.elapsed().as_secs_f64());
-    }
-    best
-}
-
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.reps == 0 || args.prompt_tokens == 0 {
         bail!("--reps and --prompt-tokens must be positive");
@@ -128,7 +103,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         tg.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
     }
-    let bw = read_bandwidth(threads);
+    // Each thread sums its share of 512 MiB (far larger than any cache), best of five passes.
+    let bw = anatomy_runtime::backend::cpu::bandwidth::read_bandwidth(threads, 512 << 20, 5);
     let weight_bytes = model.lm_file_bytes() as f64;
     let decode = median(tg);
     let bound = bw / weight_bytes;

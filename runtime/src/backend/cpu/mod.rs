@@ -11,8 +11,10 @@
 //! - `amx`: the bf16 tile kernel that replaces it on CPUs with AMX, for all but F32 weights.
 //! - `simd`: run-time dispatched dot product and axpy under the row kernels.
 //! - `kernels`: norms, rotary, attention, activations, row copies.
+//! - `bandwidth`: the memory-read probe decode speed is measured against.
 
 mod amx;
+pub mod bandwidth;
 mod gemm;
 mod kernels;
 pub use kernels::MAX_HEAD_DIM;
