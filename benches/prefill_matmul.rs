@@ -13,11 +13,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anatomy_r1::xorshift_values;
 use anatomy_runtime::backend::{Backend, CpuBackend, WorkspaceSpec};
 use anatomy_runtime::gguf::writer::{GgufWriter, PendingTensor};
 use anatomy_runtime::gguf::GgufFile;
 use anatomy_runtime::quant::quantize::quantize_to_vec;
+use anatomy_runtime::quant::test_values::xorshift_values;
 use anatomy_runtime::quant::GgmlType;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 

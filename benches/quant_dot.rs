@@ -11,9 +11,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use anatomy_r1::xorshift_values;
 use anatomy_runtime::backend::cpu::bandwidth::read_sum;
 use anatomy_runtime::quant::quantize::quantize_to_vec;
+use anatomy_runtime::quant::test_values::xorshift_values;
 use anatomy_runtime::quant::{vec_dot, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 

@@ -29,17 +29,3 @@ pub fn max_diff(actual: &[f32], expected: &[f32]) -> (f32, f32) {
     let scale = expected.iter().map(|b| b.abs()).fold(0.0f32, f32::max);
     (abs, if scale > 0.0 { abs / scale } else { abs })
 }
-
-/// `n` deterministic values in [-1, 1) from a xorshift generator: benchmark inputs that exercise
-/// every quantization level without depending on a random-number crate.
-pub fn xorshift_values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}

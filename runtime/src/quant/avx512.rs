@@ -277,17 +277,7 @@ mod tests {
             eprintln!("no AVX-512 BW/VNNI on this CPU: the kernel is not exercised here");
             return;
         }
-        let vals = |n: usize, seed: u64| -> Vec<f32> {
-            let mut s = seed | 1;
-            (0..n)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-                })
-                .collect()
-        };
+        let vals = super::super::test_values::xorshift_values;
         // Q8_0 rows of 1 to 19 blocks, odd counts too: the kernel takes sixteen blocks per step,
         // then pairs, then a last single block.
         for seed in 0..10u64 {

@@ -18,6 +18,7 @@ pub mod dequant;
 pub mod dot;
 pub mod quantize;
 pub mod search;
+pub mod test_values;
 pub mod types;
 
 #[cfg(target_arch = "x86_64")]
