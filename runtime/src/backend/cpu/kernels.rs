@@ -4,7 +4,8 @@
 //! does), so it needs no scores buffer and allocates nothing per call. A task takes a few
 //! neighbouring query rows and, per KV head, scores all their heads of that KV head against each
 //! key row as it passes, so keys and values are read once per block instead of once per head and
-//! row (the reads, not the arithmetic, bound attention at 512+ positions).
+//! row. Head sizes that are multiples of 16 run the AVX-512 loop of `attend512` where the CPU has
+//! it; the loop here is the portable path.
 
 use rayon::prelude::*;
 
@@ -83,7 +84,7 @@ fn key_range(mask: &Mask<'_>, i: usize) -> std::ops::Range<usize> {
 }
 
 /// Query vectors (query rows x the heads of one KV head) scored together against each key.
-const MAX_Q: usize = 16;
+pub(super) const MAX_Q: usize = 16;
 
 pub(super) fn attention(
     q: &[f32],
@@ -192,6 +193,33 @@ fn attend(
         lo = lo.min(rg.0);
         hi = hi.max(rg.1);
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut qs = [[0f32; MAX_HEAD_DIM]; MAX_Q];
+        for (x, row) in qs.iter_mut().enumerate().take(nv) {
+            let (i, h) = vecs(x);
+            let qr = &q[i * qw + h * d..i * qw + (h + 1) * d];
+            for (a, b) in row.iter_mut().zip(qr) {
+                *a = b * scale;
+            }
+        }
+        let keys = super::attend512::Keys {
+            qs: &qs,
+            nv,
+            d,
+            k,
+            v,
+            kw,
+            off,
+            ranges: &ranges,
+            lo,
+            hi,
+        };
+        if super::attend512::attend(&keys, &mut acc, &mut l) {
+            write_out(o, base, qw, d, nv, vecs, &acc, &l);
+            return;
+        }
+    }
     let mut scores = [[f32::NEG_INFINITY; KEY_BLOCK]; MAX_Q];
     let mut start = lo;
     while start < hi {
@@ -236,6 +264,21 @@ fn attend(
         }
         start = end;
     }
+    write_out(o, base, qw, d, nv, vecs, &acc, &l);
+}
+
+/// Vector `x`'s normalised result `acc[x] / l[x]` into its place in the output rows.
+#[allow(clippy::too_many_arguments)]
+fn write_out(
+    o: &mut [f32],
+    base: usize,
+    qw: usize,
+    d: usize,
+    nv: usize,
+    vecs: &dyn Fn(usize) -> (usize, usize),
+    acc: &[[f32; MAX_HEAD_DIM]; MAX_Q],
+    l: &[f32; MAX_Q],
+) {
     for x in 0..nv {
         let (i, h) = vecs(x);
         let inv = if l[x] > 0.0 { 1.0 / l[x] } else { 0.0 };

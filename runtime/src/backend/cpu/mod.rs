@@ -11,9 +11,12 @@
 //! - `amx`: the bf16 tile kernel that replaces it on CPUs with AMX, for all but F32 weights.
 //! - `simd`: run-time dispatched dot product and axpy under the row kernels.
 //! - `kernels`: norms, rotary, attention, activations, row copies.
+//! - `attend512`: attention's AVX-512 inner loop (16 keys per step, vector softmax).
 //! - `bandwidth`: the memory-read probe decode speed is measured against.
 
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod attend512;
 pub mod bandwidth;
 mod gemm;
 mod kernels;

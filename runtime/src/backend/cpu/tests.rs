@@ -187,6 +187,61 @@ fn attention_blocks_of_rows_and_heads_match_the_naive_formula() {
     }
 }
 
+/// Decoding after a long prompt: one query row over hundreds of cached keys (many 16-key steps
+/// and a partial last one), with queries scaled up so the softmax is sharp and its running max
+/// moves from step to step; head sizes of 3B (128), the vision tower (80) and the demo model (32).
+#[test]
+fn attention_over_a_long_cache_matches_the_naive_formula() {
+    let b = CpuBackend::new(Some(2)).unwrap();
+    let mut ws = b.workspace(WorkspaceSpec {
+        rows: 1,
+        cols: 1,
+        keys: 1,
+        heads: 1,
+    });
+    for (n, past, heads, kv_heads, d) in [
+        (1, 600, 16, 2, 128),
+        (3, 203, 16, 2, 128),
+        (1, 77, 4, 2, 80),
+        (2, 45, 4, 2, 32),
+    ] {
+        let s = AttnShape {
+            n_q: n,
+            n_kv: past + n,
+            heads,
+            kv_heads,
+            head_dim: d,
+        };
+        let q: Vec<f32> = rand_vec(n * heads * d, 11)
+            .iter()
+            .map(|x| x * 6.0)
+            .collect();
+        let k = rand_vec((past + n) * kv_heads * d, 12);
+        let v = rand_vec((past + n) * kv_heads * d, 13);
+        let mut out = b.alloc(n * heads * d);
+        b.attention(
+            &mut ws,
+            &CpuBuffer(q.clone()),
+            &CpuBuffer(k.clone()),
+            &CpuBuffer(v.clone()),
+            &mut out,
+            s,
+            &Mask::Causal { past },
+        );
+        let want = naive_attention(&q, &k, &v, s, |i| 0..past + i + 1);
+        let err = out
+            .0
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            err < 2e-5,
+            "{n} rows after {past}, {heads}/{kv_heads} heads of {d}: off by {err}"
+        );
+    }
+}
+
 /// Writes one `[rows, cols]` tensor per type into a GGUF file and maps it.
 fn matrix_file(
     dir: &std::path::Path,
