@@ -54,6 +54,32 @@ fn naive_attention(
     out
 }
 
+/// The backend's attention of `(q, k, v)` and its largest difference from [`naive_attention`]
+/// with key ranges `keys`.
+fn attention_error(
+    b: &CpuBackend,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    s: AttnShape,
+    mask: &Mask<'_>,
+    keys: impl Fn(usize) -> std::ops::Range<usize>,
+) -> f32 {
+    let mut ws = b.workspace(WorkspaceSpec {
+        rows: s.n_q,
+        cols: s.heads * s.head_dim,
+        keys: s.n_kv,
+        heads: s.heads,
+    });
+    let mut out = b.alloc(s.n_q * s.heads * s.head_dim);
+    let buf = |x: &[f32]| CpuBuffer(x.to_vec());
+    b.attention(&mut ws, &buf(q), &buf(k), &buf(v), &mut out, s, mask);
+    let want = naive_attention(q, k, v, s, keys);
+    out.0
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
 #[test]
 fn attention_masks_match_the_naive_formula() {
     let b = CpuBackend::new(Some(2)).unwrap();
@@ -118,12 +144,6 @@ fn attention_masks_match_the_naive_formula() {
 #[test]
 fn attention_blocks_of_rows_and_heads_match_the_naive_formula() {
     let b = CpuBackend::new(Some(2)).unwrap();
-    let mut ws = b.workspace(WorkspaceSpec {
-        rows: 1,
-        cols: 1,
-        keys: 1,
-        heads: 1,
-    });
     let segs = [(0, 13), (13, 20), (33, 7)];
     let windows = |i: usize| match i {
         0..13 => 0..13,
@@ -148,38 +168,13 @@ fn attention_blocks_of_rows_and_heads_match_the_naive_formula() {
         let q = rand_vec(n * heads * d, 7);
         let k = rand_vec((n + 3) * kv_heads * d, 8);
         let v = rand_vec((n + 3) * kv_heads * d, 9);
-        let mut out = b.alloc(n * heads * d);
-        let (mask, want) = if causal {
-            (
-                Mask::Causal { past: 3 },
-                naive_attention(&q, &k, &v, s, |i| 0..4 + i),
-            )
+        let qkv = (&q[..], &k[..], &v[..]);
+        let err = if causal {
+            attention_error(&b, qkv, s, &Mask::Causal { past: 3 }, |i| 0..4 + i)
         } else {
             let s = AttnShape { n_kv: n, ..s };
-            (
-                Mask::Segments(&segs),
-                naive_attention(&q, &k, &v, s, windows),
-            )
+            attention_error(&b, qkv, s, &Mask::Segments(&segs), windows)
         };
-        b.attention(
-            &mut ws,
-            &CpuBuffer(q.clone()),
-            &CpuBuffer(k.clone()),
-            &CpuBuffer(v.clone()),
-            &mut out,
-            if causal {
-                s
-            } else {
-                AttnShape { n_kv: n, ..s }
-            },
-            &mask,
-        );
-        let err = out
-            .0
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
         assert!(
             err < 1e-5,
             "{n} rows, {heads}/{kv_heads} heads of {d}: off by {err}"
@@ -193,12 +188,6 @@ fn attention_blocks_of_rows_and_heads_match_the_naive_formula() {
 #[test]
 fn attention_over_a_long_cache_matches_the_naive_formula() {
     let b = CpuBackend::new(Some(2)).unwrap();
-    let mut ws = b.workspace(WorkspaceSpec {
-        rows: 1,
-        cols: 1,
-        keys: 1,
-        heads: 1,
-    });
     for (n, past, heads, kv_heads, d) in [
         (1, 600, 16, 2, 128),
         (3, 203, 16, 2, 128),
@@ -218,23 +207,8 @@ fn attention_over_a_long_cache_matches_the_naive_formula() {
             .collect();
         let k = rand_vec((past + n) * kv_heads * d, 12);
         let v = rand_vec((past + n) * kv_heads * d, 13);
-        let mut out = b.alloc(n * heads * d);
-        b.attention(
-            &mut ws,
-            &CpuBuffer(q.clone()),
-            &CpuBuffer(k.clone()),
-            &CpuBuffer(v.clone()),
-            &mut out,
-            s,
-            &Mask::Causal { past },
-        );
-        let want = naive_attention(&q, &k, &v, s, |i| 0..past + i + 1);
-        let err = out
-            .0
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let mask = Mask::Causal { past };
+        let err = attention_error(&b, (&q, &k, &v), s, &mask, |i| 0..past + i + 1);
         assert!(
             err < 2e-5,
             "{n} rows after {past}, {heads}/{kv_heads} heads of {d}: off by {err}"
