@@ -168,13 +168,18 @@ fn block_q8_k(x: &[f32], b: &mut [u8]) {
         return;
     }
     let iscale = -127.0 / max;
+    b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
     #[cfg(target_arch = "x86_64")]
     if x.len() == QK_K && b.len() >= 4 + QK_K + QK_K / 8 && is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F detected; x holds QK_K floats and b the block's level and sum bytes.
         unsafe { q8_k_levels_avx512(x, iscale, b) };
-        b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
         return;
     }
+    q8_k_levels(x, iscale, b);
+}
+
+/// The levels of a Q8_K block and their per-16 sums, after its 4-byte scale.
+fn q8_k_levels(x: &[f32], iscale: f32, b: &mut [u8]) {
     for (j, &v) in x.iter().enumerate() {
         b[4 + j] = nearest_int(iscale * v).min(127) as i8 as u8;
     }
@@ -185,7 +190,6 @@ fn block_q8_k(x: &[f32], b: &mut [u8]) {
             .sum();
         b[260 + 2 * j..262 + 2 * j].copy_from_slice(&sum.to_le_bytes());
     }
-    b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
 }
 
 /// The levels and per-16 sums of [`block_q8_k`], 16 at a time: decoding quantizes every
@@ -393,16 +397,7 @@ mod tests {
             let iscale = -127.0 / max;
             let mut want = vec![0u8; 292];
             want[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
-            for (j, &v) in x.iter().enumerate() {
-                want[4 + j] = nearest_int(iscale * v).min(127) as i8 as u8;
-            }
-            for j in 0..QK_K / 16 {
-                let sum: i16 = want[4 + 16 * j..20 + 16 * j]
-                    .iter()
-                    .map(|&q| q as i8 as i16)
-                    .sum();
-                want[260 + 2 * j..262 + 2 * j].copy_from_slice(&sum.to_le_bytes());
-            }
+            q8_k_levels(x, iscale, &mut want);
             assert_eq!(got, want, "row {r}");
         }
     }

@@ -98,36 +98,36 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % span)
         .collect();
-    let decode = |s: &mut anatomy_runtime::Session| -> Result<f64> {
+    let weight_bytes = model.lm_file_bytes() as f64;
+    // Each thread sums its share of 512 MiB (far larger than any cache), best of three passes,
+    // right before each decode measurement: on a shared machine the bandwidth available drifts
+    // within a run, so each decode rate is judged against the probe taken beside it.
+    // Returns (tokens/s, fraction of the bound, bandwidth).
+    let decode = |s: &mut anatomy_runtime::Session| -> Result<(f64, f64, f64)> {
+        let bw = anatomy_runtime::backend::cpu::bandwidth::read_bandwidth(threads, 512 << 20, 3);
         let t = Instant::now();
         for _ in 0..args.gen_tokens {
             let next = anatomy_runtime::sampling::argmax(s.logits()) % span;
             s.append(&[next])?;
         }
-        Ok(args.gen_tokens as f64 / t.elapsed().as_secs_f64())
+        let rate = args.gen_tokens as f64 / t.elapsed().as_secs_f64();
+        Ok((rate, rate / (bw / weight_bytes), bw))
     };
-    let weight_bytes = model.lm_file_bytes() as f64;
-    // Each thread sums its share of 512 MiB (far larger than any cache), best of three passes,
-    // right before each decode measurement: on a shared machine the bandwidth available drifts
-    // within a run, so each decode rate is judged against the probe taken beside it.
-    let probe = || anatomy_runtime::backend::cpu::bandwidth::read_bandwidth(threads, 512 << 20, 3);
     let (mut pp, mut tg, mut tg_after) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bws, mut frac, mut frac_after) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.reps {
         // One prompt token to start from, then generation: llama-bench's tg.
         s.prefill(&prompt[..1], None)?;
-        let bw = probe();
-        let r = decode(&mut s)?;
-        tg.push(r);
-        frac.push(r / (bw / weight_bytes));
+        let (rate, f, bw) = decode(&mut s)?;
+        tg.push(rate);
+        frac.push(f);
         bws.push(bw);
         let t = Instant::now();
         s.prefill(&prompt, None)?;
         pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
-        let bw = probe();
-        let r = decode(&mut s)?;
-        tg_after.push(r);
-        frac_after.push(r / (bw / weight_bytes));
+        let (rate, f, bw) = decode(&mut s)?;
+        tg_after.push(rate);
+        frac_after.push(f);
         bws.push(bw);
     }
     let bw = median(bws);

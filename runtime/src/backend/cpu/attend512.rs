@@ -15,11 +15,12 @@ use super::kernels::{MAX_HEAD_DIM, MAX_Q};
 /// Keys per step: one per lane of a score vector.
 const KEYS: usize = 16;
 
-/// What [`attend`] reads: `qs[x][..d]` are the query vectors, already scaled by `1/√d`; key `t`
-/// of vector `x` counts when `ranges[x].0 <= t < ranges[x].1`; the key and value rows of key `t`
-/// are `k[t·kw + off..][..d]` and `v[t·kw + off..][..d]`.
+/// What [`attend`] reads: `query(x)` is query vector `x` (at least `d` floats), scored with
+/// factor `scale`; key `t` of vector `x` counts when `ranges[x].0 <= t < ranges[x].1`; the key
+/// and value rows of key `t` are `k[t·kw + off..][..d]` and `v[t·kw + off..][..d]`.
 pub(super) struct Keys<'a> {
-    pub qs: &'a [[f32; MAX_HEAD_DIM]; MAX_Q],
+    pub query: &'a dyn Fn(usize) -> &'a [f32],
+    pub scale: f32,
     pub nv: usize,
     pub d: usize,
     pub k: &'a [f32],
@@ -53,12 +54,19 @@ pub(super) fn attend(
     {
         return false;
     }
+    // The scaled queries side by side, so the kernel reads them with plain vector loads.
+    let mut qs = [[0f32; MAX_HEAD_DIM]; MAX_Q];
+    for (x, row) in qs.iter_mut().enumerate().take(a.nv) {
+        for (q, &v) in row.iter_mut().zip(&(a.query)(x)[..a.d]) {
+            *q = v * a.scale;
+        }
+    }
     macro_rules! by_chunks {
         ($($c:literal)*) => {
             match a.d / 16 {
                 // SAFETY: AVX-512F detected above; d = 16·C <= MAX_HEAD_DIM, nv <= MAX_Q and every
                 // key row read (t < hi) lies inside k and v, as checked above.
-                $($c => unsafe { run::<$c>(a, acc, l) },)*
+                $($c => unsafe { run::<$c>(a, &qs, acc, l) },)*
                 _ => unreachable!("d is a multiple of 16 up to MAX_HEAD_DIM"),
             }
         };
@@ -74,6 +82,7 @@ static ZERO_ROW: [f32; MAX_HEAD_DIM] = [0.0; MAX_HEAD_DIM];
 #[target_feature(enable = "avx512f")]
 fn run<const C: usize>(
     a: &Keys<'_>,
+    qs: &[[f32; MAX_HEAD_DIM]; MAX_Q],
     acc: &mut [[f32; MAX_HEAD_DIM]; MAX_Q],
     l_out: &mut [f32; MAX_Q],
 ) {
@@ -125,7 +134,7 @@ fn run<const C: usize>(
             }
             let mut prod = [_mm512_setzero_ps(); 16];
             for (x, pr) in prod.iter_mut().enumerate().take(nv) {
-                let q = a.qs[x].as_ptr();
+                let q = qs[x].as_ptr();
                 // SAFETY: qs rows hold MAX_HEAD_DIM >= d floats.
                 unsafe {
                     let mut sum = _mm512_mul_ps(kc[0], _mm512_loadu_ps(q));
@@ -306,8 +315,10 @@ mod tests {
         }
         let mut ranges = [(0, 0); MAX_Q];
         ranges[..5].copy_from_slice(&[(0, 53), (3, 20), (17, 18), (9, 9), (30, 53)]);
+        let query = |x: usize| &qs[x][..];
         let keys = Keys {
-            qs: &qs,
+            query: &query,
+            scale: 1.0,
             nv: 5,
             d,
             k: &k,

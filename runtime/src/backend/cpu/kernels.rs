@@ -195,16 +195,13 @@ fn attend(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let mut qs = [[0f32; MAX_HEAD_DIM]; MAX_Q];
-        for (x, row) in qs.iter_mut().enumerate().take(nv) {
+        let query = |x: usize| {
             let (i, h) = vecs(x);
-            let qr = &q[i * qw + h * d..i * qw + (h + 1) * d];
-            for (a, b) in row.iter_mut().zip(qr) {
-                *a = b * scale;
-            }
-        }
+            &q[i * qw + h * d..i * qw + (h + 1) * d]
+        };
         let keys = super::attend512::Keys {
-            qs: &qs,
+            query: &query,
+            scale,
             nv,
             d,
             k,
