@@ -54,6 +54,11 @@ pub struct BaseSpec {
     pub num_key_value_heads: usize,
     /// Sections of the rotary half-dimension for (t, h, w); they sum to head_dim / 2.
     pub mrope_section: [usize; 3],
+    /// Base of the language model's rotary frequencies; the template's when absent. With a small
+    /// head the default 1e6 leaves the width section (the slowest frequencies) turning by about
+    /// 2e-4 rad per image column, too little for the model to tell columns apart.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
     pub vision_depth: usize,
     pub vision_hidden_size: usize,
     pub vision_intermediate_size: usize,
@@ -122,6 +127,9 @@ impl BaseSpec {
             || !(self.vision_hidden_size / vh).is_multiple_of(4)
         {
             return bad("vision head size must be a positive multiple of 4".into());
+        }
+        if self.rope_theta.is_some_and(|t| !(t.is_finite() && t > 1.0)) {
+            return bad("rope_theta must be a finite number above 1".into());
         }
         if self.min_pixels > self.max_pixels || self.max_pixels < 28 * 28 {
             return bad("need 28*28 <= min_pixels <= max_pixels".into());
@@ -351,6 +359,9 @@ pub fn init_base(
         json!(spec.num_key_value_heads),
     );
     c.insert("initializer_range".into(), json!(spec.initializer_range));
+    if let Some(theta) = spec.rope_theta {
+        c.insert("rope_theta".into(), json!(theta));
+    }
     c.insert("tie_word_embeddings".into(), json!(true));
     c.insert(
         "rope_scaling".into(),

@@ -46,6 +46,8 @@ fn a_new_base_loads_and_keeps_the_special_tokens() {
     init_base(&template, &corpus(), &spec(), dir.path()).unwrap();
     let cfg = Config::from_file(dir.path().join("config.json")).unwrap();
     assert_eq!(cfg.text.hidden_size, 32);
+    // Without `rope_theta` in the spec the template's base stays.
+    assert_eq!(cfg.text.rope_theta, 1_000_000.0);
     assert_eq!(cfg.vision.depth, 1);
     assert_eq!(cfg.text.vocab_size % 64, 0);
     let tok = ChatTokenizer::from_dir(dir.path()).unwrap();
@@ -85,6 +87,24 @@ fn bad_specs_are_named_errors() {
     let mut s = spec();
     s.bpe_vocab = 100;
     assert!(init_base(&template, &corpus(), &s, dir.path()).is_err());
+    for theta in [0.5, f64::NAN, f64::INFINITY] {
+        let mut s = spec();
+        s.rope_theta = Some(theta);
+        let e = init_base(&template, &corpus(), &s, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("rope_theta"), "{theta}: {e}");
+    }
     let e = init_base(&dir.path().join("nope"), &corpus(), &spec(), dir.path()).unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
+}
+
+#[test]
+fn the_spec_sets_the_rotary_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec();
+    s.rope_theta = Some(10.0);
+    init_base(&common::fixture_model("square"), &corpus(), &s, dir.path()).unwrap();
+    let cfg = Config::from_file(dir.path().join("config.json")).unwrap();
+    assert_eq!(cfg.text.rope_theta, 10.0);
+    // The vision tower's rotary base is its own and does not follow.
+    assert_eq!(cfg.vision.rope_theta, 10_000.0);
 }
