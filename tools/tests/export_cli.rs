@@ -27,19 +27,7 @@ fn base() -> PathBuf {
 /// Synthetic scenes in the Anatomy-R1 layout (its own instruction and `Anatomy Options`
 /// heading, unlike the runtime's default, so the test sees which prompt the runtime uses).
 fn synth(dir: &Path) -> PathBuf {
-    ok(anatomy(&[
-        "synth",
-        "--out",
-        s(dir),
-        "--count",
-        "6",
-        "--size",
-        "112",
-        "--seed",
-        "3",
-        "--quiet",
-    ]));
-    dir.join("train.json")
+    cli::six_scenes(dir)
 }
 
 fn train(data: &Path, image_root: &Path, out: &Path, init: Option<&Path>, targets: &str) {

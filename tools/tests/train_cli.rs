@@ -2,35 +2,14 @@
 //! computes, and its bad value is a clear error.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn anatomy(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anatomy"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod cli;
+use cli::{anatomy, ok, s};
 
 /// A two-step SFT run of the square fixture on six synthetic scenes.
 fn run_toml(dir: &Path) -> PathBuf {
     let scenes = dir.join("scenes");
-    let o = anatomy(&[
-        "synth",
-        "--out",
-        s(&scenes),
-        "--count",
-        "6",
-        "--size",
-        "112",
-        "--seed",
-        "3",
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cli::six_scenes(&scenes);
     let base =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2_5_vl/square/model");
     let text = format!(
@@ -59,7 +38,7 @@ fn train(cfg: &Path, out: &Path, threads: &str) -> (String, Vec<u8>) {
         threads,
         "--quiet",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(o);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let latest = std::fs::read_to_string(out.join("latest")).unwrap();
     let weights = std::fs::read(out.join(latest.trim()).join("model.safetensors")).unwrap();

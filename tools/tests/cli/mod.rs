@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// `anatomy <args>`, with `ANATOMY_DEMO_DIR` set to `demo` when given.
@@ -41,4 +41,21 @@ pub fn ok(out: Output) -> String {
 
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// Six 112x112 synthetic scenes (seed 3) in `dir`, in the Anatomy-R1 layout; their questions file.
+pub fn six_scenes(dir: &Path) -> PathBuf {
+    ok(anatomy(&[
+        "synth",
+        "--out",
+        s(dir),
+        "--count",
+        "6",
+        "--size",
+        "112",
+        "--seed",
+        "3",
+        "--quiet",
+    ]));
+    dir.join("train.json")
 }
