@@ -2,11 +2,12 @@
 # The demo model's recipe, end to end, with our own code only: synthetic scenes, a random-weight
 # base, supervised warm start, GRPO with ASCL and GDQA, export to GGUF, evaluation on the held-out
 # scenes, and the sample frames shipped beside the model. Run from the repository root after
-# `cargo build --release -p anatomy-cli`; about an hour and a half on 2 cores. The result replaces
+# `cargo build --release -p anatomy-cli`; it took about an hour and a half on 2 cores when it
+# trained on two threads (one-thread runs are not yet timed end to end). The result replaces
 # demo/anatomy-demo.gguf, demo/anatomy-demo-mmproj.gguf and demo/samples/.
 #
-# Training runs on one thread (`--threads 1`): this model's kernels are too small to pay for a
-# second, and one thread took 1.4-1.8x less time per step than two on a 2-core VM (README).
+# Training runs on one thread (`train` below): this model's kernels are too small to pay for a
+# second, and one thread took 1.4-1.8x less time per step than two on a 2-core VM, same bytes (README).
 #
 # The questions list all six structures in a fixed order (`--all-options`): a model this small,
 # trained from scratch for minutes, learns to recognise the structure but not, in that time, to
@@ -15,6 +16,7 @@ set -euo pipefail
 A=${ANATOMY:-target/release/anatomy}
 OUT=${OUT:-runs/demo}
 DEMO=${DEMO:-demo}
+train() { "$A" train --threads 1 "$@"; }
 INSTRUCTION="Answer with the letter: <answer>LETTER</answer>."
 SYNTH=(--size 224 --per-image 2 --balance --forms position,attribute --all-options
   --instruction "$INSTRUCTION")
@@ -27,18 +29,18 @@ DATA=(--set "base=$OUT/base" --set "data=$OUT/data/train.json" --set "image_root
 # learning rate; then 168x168 (36 image tokens: each 3x3 grid cell is 2x2 merged patches), which
 # lifts the position questions. Each run starts from the previous run's last checkpoint.
 MORE=(--set optim.lr=0.0015 --set optim.warmup_steps=20 --set sft.greedy_samples=2)
-"$A" train --threads 1 --config configs/demo-sft.toml "${DATA[@]}" --set "output_dir=$OUT/sft1"
-"$A" train --threads 1 --config configs/demo-sft.toml "${DATA[@]}" "${MORE[@]}" --set steps=400 \
+train --config configs/demo-sft.toml "${DATA[@]}" --set "output_dir=$OUT/sft1"
+train --config configs/demo-sft.toml "${DATA[@]}" "${MORE[@]}" --set steps=400 \
   --set "init=$OUT/sft1/$(cat "$OUT/sft1/latest")" --set "output_dir=$OUT/sft2"
-"$A" train --threads 1 --config configs/demo-sft.toml "${DATA[@]}" "${MORE[@]}" --set steps=1000 \
+train --config configs/demo-sft.toml "${DATA[@]}" "${MORE[@]}" --set steps=1000 \
   --set max_pixels=28224 --set "init=$OUT/sft2/$(cat "$OUT/sft2/latest")" --set "output_dir=$OUT/sft3"
 # A fourth pass on 12000 fresh scenes (each question seen about once): the first three runs fit
 # their 4112 questions to a loss near 0.05 while held-out accuracy stalled at 0.72.
 "$A" synth --out "$OUT/fresh" --count 12000 --seed 7 --holdout-fraction 0 "${SYNTH[@]}"
-"$A" train --threads 1 --config configs/demo-sft.toml --set "base=$OUT/base" --set "data=$OUT/fresh/train.json" \
+train --config configs/demo-sft.toml --set "base=$OUT/base" --set "data=$OUT/fresh/train.json" \
   --set "image_root=$OUT/fresh" "${MORE[@]}" --set optim.lr=0.001 --set steps=1500 \
   --set max_pixels=28224 --set "init=$OUT/sft3/$(cat "$OUT/sft3/latest")" --set "output_dir=$OUT/sft4"
-"$A" train --threads 1 --config configs/demo-grpo.toml "${DATA[@]}" \
+train --config configs/demo-grpo.toml "${DATA[@]}" \
   --set "init=$OUT/sft4/$(cat "$OUT/sft4/latest")" --set "output_dir=$OUT/grpo"
 "$A" export "$OUT/grpo" --out "$OUT/export/anatomy-demo" --quant q8_0
 "$A" eval --model "$OUT/export/anatomy-demo.gguf" --mmproj "$OUT/export/anatomy-demo-mmproj.gguf" \
