@@ -1,6 +1,7 @@
 //! The GRPO loss differentiated through the tiny fixture Qwen2.5-VL (image prompt, LoRA on every
 //! linear layer of the language model) agrees with central finite differences on LoRA parameters;
-//! and rollouts that share the prompt's KV cache decode what an uncached model would.
+//! rollouts that share the prompt's KV cache decode what an uncached model would; and the SFT loss
+//! of a padded batch equals its examples' losses taken one at a time, gradients included.
 
 use std::path::PathBuf;
 
@@ -10,8 +11,8 @@ use anatomy_models::qwen2_5_vl::preprocess::preprocess_file;
 use anatomy_models::qwen2_5_vl::sampling::{Sampler, SamplingParams};
 use anatomy_models::qwen2_5_vl::template::{user_prompt, ChatTokenizer};
 use anatomy_trainer::grpo::{
-    completion_logps, loss, rollout, Aggregation, LossConfig, LossInputs, Objective, Prompt,
-    RolloutConfig, Window,
+    completion_logps, loss, rollout, sft_loss, Aggregation, LossConfig, LossInputs, Objective,
+    Prompt, RolloutConfig, Window,
 };
 use anatomy_trainer::lora::{Lora, LoraConfig};
 use anatomy_trainer::rng::SplitMix64;
@@ -234,4 +235,73 @@ fn shared_cache_rollouts_equal_uncached_generation() {
         .to_vec1::<f32>()
         .unwrap();
     assert!(lp.iter().all(|v| v.is_finite() && *v <= 0.0));
+}
+
+#[test]
+fn batched_sft_loss_equals_one_example_at_a_time() {
+    let Setup {
+        mut model,
+        prompt,
+        tok,
+        pixels,
+        grid,
+    } = setup(DType::F64);
+    let lora = Lora::attach(&mut model, &LoraConfig::default(), 3).unwrap();
+    let mut rng = SplitMix64::new(5);
+    for v in lora.vars() {
+        let r: Vec<f64> = (0..v.elem_count()).map(|_| rng.unit() - 0.5).collect();
+        v.set(&Tensor::from_vec(r, v.shape(), v.device()).unwrap())
+            .unwrap();
+    }
+    // A second, longer prompt about the same image, so the rows differ in length and position.
+    let text = user_prompt(
+        "Which organ is at the top-left of this frame, and why?",
+        true,
+    );
+    let merge = model.config().vision.spatial_merge_size;
+    let ids = tok
+        .encode_prompt(&text, &[grid[0] * grid[1] * grid[2] / (merge * merge)])
+        .unwrap();
+    let longer = Prompt::encode(&model, &ids, Some(&pixels), &[grid]).unwrap();
+    assert!(longer.len() > prompt.len());
+    let prompts = [&prompt, &longer, &prompt];
+    let targets: [&[u32]; 3] = [&[40, 41, 42, 43, 44], &[50, 51], &[60]];
+
+    let batched = sft_loss(&model, &prompts, &targets).unwrap();
+    // One at a time: each example's mean NLL from the per-token log-probabilities, averaged.
+    let mut alone = Tensor::zeros((), DType::F64, &Device::Cpu).unwrap();
+    for (p, t) in prompts.iter().zip(&targets) {
+        let (logps, _) = completion_logps(&model, p, &[t], 1.0).unwrap();
+        let nll = (logps.mean_all().unwrap().neg().unwrap() / 3.0).unwrap();
+        alone = (alone + nll).unwrap();
+    }
+    let (b, a) = (
+        batched.to_scalar::<f64>().unwrap(),
+        alone.to_scalar::<f64>().unwrap(),
+    );
+    assert!(
+        (b - a).abs() < 1e-10 * a.abs(),
+        "batched {b} vs one at a time {a}"
+    );
+    let (gb, ga) = (batched.backward().unwrap(), alone.backward().unwrap());
+    let mut worst = 0f64;
+    for v in lora.vars() {
+        let (x, y) = (gb.get(&v).unwrap(), ga.get(&v).unwrap());
+        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+        let m = y
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(m > 0.0, "a LoRA factor got no gradient");
+        worst = worst.max(d.to_scalar::<f64>().unwrap() / m);
+    }
+    assert!(worst < 1e-9, "gradients differ by {worst:.2e}");
+
+    let short: [&[u32]; 2] = [&[1], &[]];
+    let err = sft_loss(&model, &prompts[..2], &short).unwrap_err();
+    assert!(err.to_string().contains("no tokens"), "{err}");
+    assert!(sft_loss(&model, &prompts, &short).is_err());
 }

@@ -271,8 +271,68 @@ pub fn completion_logps(
     Ok((picked, mask))
 }
 
-/// Mean negative log-likelihood of `target` after `prompt`: the SFT loss on the answer tokens only.
-pub fn sft_loss(model: &Qwen25VL, prompt: &Prompt, target: &[u32]) -> Result<Tensor> {
-    let (logps, _) = completion_logps(model, prompt, &[target], 1.0)?;
-    logps.mean_all()?.neg()
+/// The SFT loss on the answer tokens only: each example's mean negative log-likelihood of
+/// `targets[i]` after `prompts[i]`, averaged over the examples. The examples run side by side in
+/// one forward, each row padded at its end to the longest (the causal mask keeps the padding out
+/// of every real token's view), so a batch costs a few large ops instead of many small ones.
+pub fn sft_loss(model: &Qwen25VL, prompts: &[&Prompt], targets: &[&[u32]]) -> Result<Tensor> {
+    if prompts.is_empty() || prompts.len() != targets.len() {
+        candle_core::bail!(
+            "{} prompts and {} targets for the SFT loss",
+            prompts.len(),
+            targets.len()
+        );
+    }
+    if targets.iter().any(|t| t.is_empty()) {
+        candle_core::bail!("an SFT target has no tokens");
+    }
+    let text = model.text();
+    let width = prompts
+        .iter()
+        .zip(targets)
+        .map(|(p, t)| p.len() + t.len())
+        .max()
+        .unwrap_or(0);
+    let b = prompts.len();
+    let mut rows = Vec::with_capacity(b);
+    let mut positions = Vec::with_capacity(b);
+    // Row-major indices into `[b * width]` of the positions that predict a target token, the
+    // token each predicts, and its weight 1 / (target length * b).
+    let (mut at, mut labels, mut weights) = (vec![], vec![], vec![]);
+    for (i, (p, t)) in prompts.iter().zip(targets).enumerate() {
+        let l = p.len();
+        let pad = width - l - t.len();
+        let ids: Vec<u32> = t
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, pad))
+            .collect();
+        let tail = text.embed_tokens(&ids)?;
+        rows.push(Tensor::cat(&[&p.embeds.to_dtype(tail.dtype())?, &tail], 1)?);
+        positions.push(
+            p.positions
+                .iter()
+                .copied()
+                .chain((0..width - l).map(|j| p.completion_position(j)))
+                .collect::<Vec<_>>(),
+        );
+        // Position l - 1 + j predicts target token j.
+        at.extend((0..t.len()).map(|j| (i * width + l - 1 + j) as u32));
+        labels.extend_from_slice(t);
+        weights.extend(std::iter::repeat_n(1.0 / (t.len() * b) as f64, t.len()));
+    }
+    let device = model.device();
+    let embeds = Tensor::cat(&rows, 0)?;
+    let hidden = text.forward_hidden_rows(&embeds, &positions, &mut model.new_cache())?;
+    let hidden = hidden.reshape((b * width, text.config().hidden_size))?;
+    let n = at.len();
+    let hidden = hidden.index_select(&Tensor::from_vec(at, n, device)?, 0)?;
+    let logits = text.logits(&hidden)?;
+    let logits = logits.to_dtype(compute_dtype(logits.dtype()))?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let picked = logp
+        .gather(&Tensor::from_vec(labels, (n, 1), device)?, 1)?
+        .squeeze(1)?;
+    let weights = Tensor::from_vec(weights, n, device)?.to_dtype(picked.dtype())?;
+    (picked * weights)?.sum_all()?.neg()
 }

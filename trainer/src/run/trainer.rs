@@ -3,7 +3,8 @@
 //! variants, samples the completions (the image through the vision tower once, each prompt once,
 //! its KV cache shared by its samples), scores them, computes group advantages over the whole
 //! group, and accumulates the loss's gradients prompt by prompt before one clipped AdamW update.
-//! An SFT step accumulates the answer cross-entropy instead.
+//! An SFT step takes the answer cross-entropy of its whole batch in one padded forward instead (a
+//! training vision tower sees the batch's images in one forward too).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
@@ -357,6 +358,51 @@ impl Trainer {
     /// The prompt of `q` for the policy, or with `reference` for the frozen reference model.
     fn prompt_for(&mut self, q: &Question, reference: bool) -> Result<Prompt, RunError> {
         let (embeds, grid) = self.image(&q.image, reference)?;
+        self.prompt_with(q, &embeds, grid, reference)
+    }
+
+    /// The policy's prompts for `qs`, their images through a training vision tower in one forward
+    /// (a frozen tower's outputs come from the cache as for one prompt).
+    fn prompts(&mut self, qs: &[Question]) -> Result<Vec<Prompt>, RunError> {
+        if !self.cfg.train_vision || qs.len() < 2 {
+            return qs.iter().map(|q| self.prompt(q)).collect();
+        }
+        let mut pixels = Vec::with_capacity(qs.len());
+        let mut grids = Vec::with_capacity(qs.len());
+        for q in qs {
+            let (t, grid) = match self.images.get(&q.image).cloned() {
+                Some(cached) => cached,
+                None => {
+                    let fresh = self.pixels(&q.image)?;
+                    self.images.insert(q.image.clone(), fresh.clone());
+                    fresh
+                }
+            };
+            pixels.push(t);
+            grids.push(grid);
+        }
+        let embeds = self
+            .model
+            .vision_forward(&Tensor::cat(&pixels, 0)?, &grids)?;
+        let unit = self.model.config().vision.spatial_merge_size.pow(2);
+        let mut start = 0;
+        let mut out = Vec::with_capacity(qs.len());
+        for (q, grid) in qs.iter().zip(grids) {
+            let n = grid[0] * grid[1] * grid[2] / unit;
+            out.push(self.prompt_with(q, &embeds.narrow(0, start, n)?, grid, false)?);
+            start += n;
+        }
+        Ok(out)
+    }
+
+    /// The prompt of `q` around image embeddings `embeds` of an image of `grid`.
+    fn prompt_with(
+        &self,
+        q: &Question,
+        embeds: &Tensor,
+        grid: GridThw,
+        reference: bool,
+    ) -> Result<Prompt, RunError> {
         let merge = self.model.config().vision.spatial_merge_size;
         let text = user_prompt(&prompt::render(q), true);
         let ids = self
@@ -371,7 +417,7 @@ impl Trainer {
             true => Prompt::with_image_embeds_tracked,
             false => Prompt::with_image_embeds,
         };
-        Ok(build(model, &ids, Some(&embeds), &[grid])?)
+        Ok(build(model, &ids, Some(embeds), &[grid])?)
     }
 
     fn prompt(&mut self, q: &Question) -> Result<Prompt, RunError> {
@@ -690,7 +736,6 @@ impl Trainer {
         let idx = self.sampler.draw(n);
         let mut rng = SplitMix64::new(self.cfg.seed ^ (self.step as u64).wrapping_mul(0x51_7cc1));
         let mut acc = GradAccumulator::new(self.tuned.vars());
-        let mut loss_sum = 0.0;
         let (mut acc_r, mut fmt_r, mut total_r, mut len) = (0.0, 0.0, 0.0, 0usize);
         let weights = RewardWeights {
             accuracy: self.cfg.reward.accuracy,
@@ -700,17 +745,21 @@ impl Trainer {
             0 => n,
             k => k.min(n),
         };
-        for (i, &qi) in idx.iter().enumerate() {
-            let q = self.questions[qi].clone();
-            let prompt = self.prompt(&q)?;
-            let target = self.sft_target(&q, &mut rng)?;
-            let loss = (sft_loss(&self.model, &prompt, &target)? / n as f64)?;
-            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            acc.add(&loss.backward()?)?;
-            if i >= measured {
-                continue;
-            }
-            // What the model answers now, greedily, for the reward and accuracy columns.
+        let qs: Vec<Question> = idx.iter().map(|&qi| self.questions[qi].clone()).collect();
+        let prompts = self.prompts(&qs)?;
+        let targets = qs
+            .iter()
+            .map(|q| self.sft_target(q, &mut rng))
+            .collect::<Result<Vec<_>, _>>()?;
+        let loss = sft_loss(
+            &self.model,
+            &prompts.iter().collect::<Vec<_>>(),
+            &targets.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        )?;
+        let loss_sum = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        acc.add(&loss.backward()?)?;
+        // What the model answers now, greedily, for the reward and accuracy columns.
+        for (q, prompt) in qs.iter().zip(&prompts).take(measured) {
             let rc = RolloutConfig {
                 temperature: 0.0,
                 top_p: 1.0,
@@ -718,9 +767,9 @@ impl Trainer {
                 stop: self.stop.clone(),
             };
             let mut greedy = Sampler::new(SamplingParams::default());
-            let c = grpo::rollout(&self.model, &prompt, 1, &rc, &mut greedy)?.remove(0);
+            let c = grpo::rollout(&self.model, prompt, 1, &rc, &mut greedy)?.remove(0);
             let text = self.tok.decode(c.text_tokens(), false)?;
-            let r = rewards(&text, &q, weights);
+            let r = rewards(&text, q, weights);
             acc_r += r.accuracy;
             fmt_r += r.format;
             total_r += r.total;

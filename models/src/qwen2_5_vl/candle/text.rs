@@ -335,6 +335,44 @@ impl TextModel {
         positions: impl Into<Positions<'p>>,
         cache: &mut Cache,
     ) -> Result<Tensor> {
+        let l = self.check_embeds(embeds, cache)?;
+        let positions = positions.into();
+        let (cos, sin) = self.rotary(&positions.triples(l)?)?;
+        self.run_layers(embeds, &cos, &sin, cache)
+    }
+
+    /// Like [`Self::forward_hidden`] for a batch whose rows have their own positions
+    /// (`positions[i]` for row `i`), e.g. different prompts side by side. Rows shorter than `L` are
+    /// padded at the end: under the causal mask a real token never sees the padding after it.
+    pub fn forward_hidden_rows(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<[i64; 3]>],
+        cache: &mut Cache,
+    ) -> Result<Tensor> {
+        let l = self.check_embeds(embeds, cache)?;
+        if positions.len() != embeds.dim(0)? {
+            candle_core::bail!(
+                "{} position rows given for a batch of {}",
+                positions.len(),
+                embeds.dim(0)?
+            );
+        }
+        let mut cos = Vec::with_capacity(positions.len());
+        let mut sin = Vec::with_capacity(positions.len());
+        for row in positions {
+            let (c, s) = self.rotary(&Positions::Triples(row).triples(l)?)?;
+            cos.push(c);
+            sin.push(s);
+        }
+        // [b, 1, L, head_dim]: one table per row, shared by its heads.
+        let cos = Tensor::stack(&cos, 0)?.unsqueeze(1)?;
+        let sin = Tensor::stack(&sin, 0)?.unsqueeze(1)?;
+        self.run_layers(embeds, &cos, &sin, cache)
+    }
+
+    /// Checks `embeds` `[b, L, hidden]` against the model and `cache`; returns `L`.
+    fn check_embeds(&self, embeds: &Tensor, cache: &Cache) -> Result<usize> {
         let (_, l, h) = embeds.dims3()?;
         if l == 0 {
             candle_core::bail!("no tokens to run the language model on");
@@ -352,21 +390,33 @@ impl TextModel {
                 self.layers.len()
             );
         }
-        let positions = positions.into();
-        let positions = positions.triples(l)?;
-        let dtype = self.dtype();
-        let device = self.device().clone();
+        Ok(l)
+    }
+
+    /// M-RoPE cos/sin tables `[L, head_dim]` in the model's dtype.
+    fn rotary(&self, positions: &[[i64; 3]]) -> Result<(Tensor, Tensor)> {
         let (cos, sin) = mrope_tables(
-            &positions,
+            positions,
             self.cfg.head_dim,
             self.cfg.rope_theta,
             &self.cfg.mrope_section,
-            &device,
+            self.device(),
         )?;
-        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        Ok((cos.to_dtype(self.dtype())?, sin.to_dtype(self.dtype())?))
+    }
+
+    fn run_layers(
+        &self,
+        embeds: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &mut Cache,
+    ) -> Result<Tensor> {
+        let l = embeds.dim(1)?;
+        let dtype = self.dtype();
         let past = cache.len();
         let mask = if l > 1 {
-            Some(causal_mask(l, past, compute_dtype(dtype), &device)?)
+            Some(causal_mask(l, past, compute_dtype(dtype), self.device())?)
         } else {
             None
         };
@@ -376,7 +426,7 @@ impl TextModel {
             let hsn = layer.input_layernorm.forward(&x)?;
             let attn = layer
                 .self_attn
-                .forward(&hsn, &cos, &sin, mask.as_ref(), cache, i)?;
+                .forward(&hsn, cos, sin, mask.as_ref(), cache, i)?;
             x = (residual + attn)?;
             let residual = x.clone();
             let hsn = layer.post_attention_layernorm.forward(&x)?;
@@ -527,6 +577,55 @@ mod tests {
                 assert!(d < 1e-5, "tie={tie} step {i}: {d}");
             }
         }
+    }
+
+    #[test]
+    fn rows_with_their_own_positions_equal_one_row_at_a_time() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let model = TextModel::new(&tiny_config(false), vb.pp("model"), vb.pp("lm_head")).unwrap();
+        randomised(&varmap);
+        let a = (
+            [3u32, 7, 1, 9, 4],
+            vec![[0, 0, 0], [1, 1, 1], [1, 2, 1], [1, 1, 2], [3, 3, 3]],
+        );
+        let b = ([8u32, 2, 6], vec![[0, 0, 0], [1, 1, 1], [2, 2, 2]]);
+        // Row b padded at the end to a's length, with any ids and positions.
+        let pad_ids = [b.0[0], b.0[1], b.0[2], 0, 0];
+        let mut pad_pos = b.1.clone();
+        pad_pos.extend([[9, 9, 9], [0, 0, 0]]);
+        let embeds = Tensor::cat(
+            &[
+                model.embed_tokens(&a.0).unwrap(),
+                model.embed_tokens(&pad_ids).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let both = model
+            .forward_hidden_rows(&embeds, &[a.1.clone(), pad_pos], &mut model.new_cache())
+            .unwrap();
+        assert_eq!(both.dims(), &[2, 5, 32]);
+        for (row, (ids, pos)) in [(0, (&a.0[..], &a.1)), (1, (&b.0[..], &b.1))] {
+            let alone = model
+                .forward_hidden(
+                    &model.embed_tokens(ids).unwrap(),
+                    pos,
+                    &mut model.new_cache(),
+                )
+                .unwrap();
+            let batched = both
+                .narrow(0, row, 1)
+                .unwrap()
+                .narrow(1, 0, ids.len())
+                .unwrap();
+            let d = max_abs_diff(&alone, &batched);
+            assert!(d < 1e-5, "row {row}: {d}");
+        }
+        let wrong =
+            model.forward_hidden_rows(&embeds, std::slice::from_ref(&a.1), &mut model.new_cache());
+        assert!(wrong.unwrap_err().to_string().contains("1 position rows"));
     }
 
     #[test]
