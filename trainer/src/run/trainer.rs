@@ -3,8 +3,9 @@
 //! variants, samples the completions (the image through the vision tower once, each prompt once,
 //! its KV cache shared by its samples), scores them, computes group advantages over the whole
 //! group, and accumulates the loss's gradients prompt by prompt before one clipped AdamW update.
-//! An SFT step takes the answer cross-entropy of its whole batch in one padded forward instead (a
-//! training vision tower sees the batch's images in one forward too).
+//! An SFT step takes the answer cross-entropy of its batch in padded forwards of `sft.micro_batch`
+//! examples (by default the whole batch in one; a training vision tower sees their images in one
+//! forward too).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
@@ -746,34 +747,44 @@ impl Trainer {
             k => k.min(n),
         };
         let qs: Vec<Question> = idx.iter().map(|&qi| self.questions[qi].clone()).collect();
-        let prompts = self.prompts(&qs)?;
         let targets = qs
             .iter()
             .map(|q| self.sft_target(q, &mut rng))
             .collect::<Result<Vec<_>, _>>()?;
-        let loss = sft_loss(
-            &self.model,
-            &prompts.iter().collect::<Vec<_>>(),
-            &targets.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-        )?;
-        let loss_sum = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        acc.add(&loss.backward()?)?;
-        // What the model answers now, greedily, for the reward and accuracy columns.
-        for (q, prompt) in qs.iter().zip(&prompts).take(measured) {
-            let rc = RolloutConfig {
-                temperature: 0.0,
-                top_p: 1.0,
-                max_new_tokens: self.cfg.max_new_tokens,
-                stop: self.stop.clone(),
-            };
-            let mut greedy = Sampler::new(SamplingParams::default());
-            let c = grpo::rollout(&self.model, prompt, 1, &rc, &mut greedy)?.remove(0);
-            let text = self.tok.decode(c.text_tokens(), false)?;
-            let r = rewards(&text, q, weights);
-            acc_r += r.accuracy;
-            fmt_r += r.format;
-            total_r += r.total;
-            len += c.tokens.len();
+        let micro = match self.cfg.sft.micro_batch {
+            0 => n.max(1),
+            m => m,
+        };
+        let mut loss_sum = 0.0;
+        for (c, (qs, targets)) in qs.chunks(micro).zip(targets.chunks(micro)).enumerate() {
+            let prompts = self.prompts(qs)?;
+            // sft_loss averages over its examples; weighting by the chunk's share makes the
+            // chunks add up to the mean over the whole batch.
+            let loss = (sft_loss(
+                &self.model,
+                &prompts.iter().collect::<Vec<_>>(),
+                &targets.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+            )? * (qs.len() as f64 / n as f64))?;
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            acc.add(&loss.backward()?)?;
+            // What the model answers now, greedily, for the reward and accuracy columns.
+            let take = measured.saturating_sub(c * micro);
+            for (q, prompt) in qs.iter().zip(&prompts).take(take) {
+                let rc = RolloutConfig {
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    max_new_tokens: self.cfg.max_new_tokens,
+                    stop: self.stop.clone(),
+                };
+                let mut greedy = Sampler::new(SamplingParams::default());
+                let c = grpo::rollout(&self.model, prompt, 1, &rc, &mut greedy)?.remove(0);
+                let text = self.tok.decode(c.text_tokens(), false)?;
+                let r = rewards(&text, q, weights);
+                acc_r += r.accuracy;
+                fmt_r += r.format;
+                total_r += r.total;
+                len += c.tokens.len();
+            }
         }
         let (grad_norm, lr) = self.apply(&mut acc)?;
         let k = measured as f32;
