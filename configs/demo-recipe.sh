@@ -2,12 +2,13 @@
 # The demo model's recipe, end to end, with our own code only: synthetic scenes, a random-weight
 # base, supervised warm start, GRPO with ASCL and GDQA, export to GGUF, evaluation on the held-out
 # scenes, and the sample frames shipped beside the model. Run from the repository root after
-# `cargo build --release -p anatomy-cli`; it took about an hour and a half on 2 cores when it
-# trained on two threads (one-thread runs are not yet timed end to end). The result replaces
+# `cargo build --release -p anatomy-cli`; it took 72 minutes on a 2-vCPU VM with one training
+# thread, another run sharing the cores for most of it (README). The result replaces
 # demo/anatomy-demo.gguf, demo/anatomy-demo-mmproj.gguf and demo/samples/.
 #
-# Training runs on one thread (`train` below): this model's kernels are too small to pay for a
-# second, and one thread took 1.4-1.8x less time per step than two on a 2-core VM, same bytes (README).
+# Training runs on one thread (`train` below). This model's ops are small: with one example at a
+# time, one thread took 1.4-1.8x less time per step than two on a 2-core VM; with the batched SFT
+# step, two threads are only 1.1x faster alone, and one leaves the other core free (README).
 #
 # The questions list all six structures in a fixed order (`--all-options`): a model this small,
 # trained from scratch for minutes, learns to recognise the structure but not, in that time, to
