@@ -8,6 +8,7 @@
 //! - [`sampling`]: which questions a step draws (curriculum or shuffled epochs), replayable.
 //! - [`checkpoint`]: adapters, optimizer moments and run state, written to a temporary directory
 //!   and renamed into place.
+//! - [`image_cache`]: per image, the vision output or pixels kept between steps, within a budget.
 //! - [`record`]: the per-step metrics line.
 //! - [`plot`]: PNG figures of one or more runs' metrics (reward with S(q), invalid-gradient ratio).
 //! - [`synthetic`]: a small image multiple-choice task whose answer is the image's colour, for the
@@ -15,6 +16,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod image_cache;
 pub mod plot;
 pub mod record;
 pub mod sampling;

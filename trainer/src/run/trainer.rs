@@ -7,7 +7,7 @@
 //! examples (by default the whole batch in one; a training vision tower sees their images in one
 //! forward too).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::checkpoint::{self, Checkpoint, RunState, StepHistory, Weights};
 use super::config::{Finetune, Reference, RunConfig, SftAnswer};
+use super::image_cache::{ImageCache, DEFAULT_BUDGET_BYTES};
 use super::record::StepRecord;
 use super::sampling::QuestionSampler;
 use super::RunError;
@@ -84,9 +85,9 @@ pub struct Trainer {
     sampler: QuestionSampler,
     tracker: HardnessTracker,
     /// Per image: the policy's detached vision output, or (with `train_vision`) the pixels.
-    images: HashMap<PathBuf, (Tensor, GridThw)>,
+    images: ImageCache,
     /// Per image: the reference model's vision output.
-    ref_images: HashMap<PathBuf, (Tensor, GridThw)>,
+    ref_images: ImageCache,
     stop: Vec<u32>,
     loss_cfg: LossConfig,
     scaling: RewardScaling,
@@ -279,8 +280,8 @@ impl Trainer {
             opt,
             sampler,
             tracker,
-            images: HashMap::new(),
-            ref_images: HashMap::new(),
+            images: ImageCache::new(DEFAULT_BUDGET_BYTES),
+            ref_images: ImageCache::new(DEFAULT_BUDGET_BYTES),
             stop,
             loss_cfg,
             scaling,
@@ -328,7 +329,7 @@ impl Trainer {
             true => &self.ref_images,
             false => &self.images,
         };
-        if let Some((t, grid)) = cache.get(path).cloned() {
+        if let Some((t, grid)) = cache.get(path) {
             return match train_vision {
                 true => Ok((self.model.vision_forward(&t, &[grid])?, grid)),
                 false => Ok((t, grid)),
@@ -345,7 +346,7 @@ impl Trainer {
             (false, true) => (&mut self.images, pixels),
             (false, false) => (&mut self.images, embeds.detach()),
         };
-        cache.insert(path.to_path_buf(), (kept, grid));
+        cache.insert(path, (kept, grid));
         Ok((
             if train_vision {
                 embeds
@@ -371,11 +372,11 @@ impl Trainer {
         let mut pixels = Vec::with_capacity(qs.len());
         let mut grids = Vec::with_capacity(qs.len());
         for q in qs {
-            let (t, grid) = match self.images.get(&q.image).cloned() {
+            let (t, grid) = match self.images.get(&q.image) {
                 Some(cached) => cached,
                 None => {
                     let fresh = self.pixels(&q.image)?;
-                    self.images.insert(q.image.clone(), fresh.clone());
+                    self.images.insert(&q.image, fresh.clone());
                     fresh
                 }
             };
