@@ -756,8 +756,14 @@ impl Trainer {
             0 => n.max(1),
             m => m,
         };
+        let rc = RolloutConfig {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_new_tokens: self.cfg.max_new_tokens,
+            stop: self.stop.clone(),
+        };
         let mut loss_sum = 0.0;
-        for (c, (qs, targets)) in qs.chunks(micro).zip(targets.chunks(micro)).enumerate() {
+        for (chunk, (qs, targets)) in qs.chunks(micro).zip(targets.chunks(micro)).enumerate() {
             let prompts = self.prompts(qs)?;
             // sft_loss averages over its examples; weighting by the chunk's share makes the
             // chunks add up to the mean over the whole batch.
@@ -769,14 +775,8 @@ impl Trainer {
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             acc.add(&loss.backward()?)?;
             // What the model answers now, greedily, for the reward and accuracy columns.
-            let take = measured.saturating_sub(c * micro);
+            let take = measured.saturating_sub(chunk * micro);
             for (q, prompt) in qs.iter().zip(&prompts).take(take) {
-                let rc = RolloutConfig {
-                    temperature: 0.0,
-                    top_p: 1.0,
-                    max_new_tokens: self.cfg.max_new_tokens,
-                    stop: self.stop.clone(),
-                };
                 let mut greedy = Sampler::new(SamplingParams::default());
                 let c = grpo::rollout(&self.model, prompt, 1, &rc, &mut greedy)?.remove(0);
                 let text = self.tok.decode(c.text_tokens(), false)?;
