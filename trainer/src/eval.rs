@@ -70,6 +70,8 @@ pub struct Prediction {
     pub id: String,
     /// The correct option's text.
     pub class: String,
+    /// The question's type (OmniMedVQA's `question_type`, the synthetic scenes' `form`), if any.
+    pub question_type: Option<String>,
     /// The option the answer names, or [`INVALID`].
     pub predicted: String,
     pub correct: bool,
@@ -96,6 +98,9 @@ pub struct EvalReport {
     pub accuracy: f64,
     pub count: usize,
     pub per_class: BTreeMap<String, ClassAccuracy>,
+    /// Accuracy per question type, over the questions that have one (absent when none has).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_type: BTreeMap<String, ClassAccuracy>,
     pub confusion: Confusion,
     #[serde(skip)]
     pub predictions: Vec<Prediction>,
@@ -128,6 +133,7 @@ pub fn predict(q: &Question, completion: String) -> Prediction {
     Prediction {
         id: q.id.clone(),
         class: q.answer_text().to_string(),
+        question_type: q.question_type.clone(),
         predicted: predicted.map_or_else(|| INVALID.to_string(), |i| q.options[i].clone()),
         correct: predicted == Some(q.answer),
         completion,
@@ -139,10 +145,16 @@ pub fn summarize(predictions: Vec<Prediction>) -> EvalReport {
     let count = predictions.len();
     let correct = predictions.iter().filter(|p| p.correct).count();
     let mut per_class: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut per_type: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for p in &predictions {
         let e = per_class.entry(p.class.clone()).or_default();
         e.0 += usize::from(p.correct);
         e.1 += 1;
+        if let Some(t) = &p.question_type {
+            let e = per_type.entry(t.clone()).or_default();
+            e.0 += usize::from(p.correct);
+            e.1 += 1;
+        }
     }
     // Predicted texts that are no question's answer still need a column, or counts would not add
     // up to the number of questions.
@@ -164,11 +176,8 @@ pub fn summarize(predictions: Vec<Prediction>) -> EvalReport {
     for p in &predictions {
         matrix[index(&p.class)][index(&p.predicted)] += 1;
     }
-    EvalReport {
-        accuracy: ratio(correct, count),
-        count,
-        per_class: per_class
-            .into_iter()
+    let accuracies = |m: BTreeMap<String, (usize, usize)>| {
+        m.into_iter()
             .map(|(c, (ok, n))| {
                 (
                     c,
@@ -178,7 +187,13 @@ pub fn summarize(predictions: Vec<Prediction>) -> EvalReport {
                     },
                 )
             })
-            .collect(),
+            .collect()
+    };
+    EvalReport {
+        accuracy: ratio(correct, count),
+        count,
+        per_class: accuracies(per_class),
+        per_type: accuracies(per_type),
         confusion: Confusion { labels, matrix },
         predictions,
     }
@@ -363,6 +378,30 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         assert!(v.get("predictions").is_none());
         assert_eq!(v["per_class"]["Gut"]["count"], 2);
+        // No question has a type: no per_type key.
+        assert!(v.get("per_type").is_none());
+    }
+
+    #[test]
+    fn accuracy_per_question_type_counts_only_typed_questions() {
+        let typed = |t: &str| {
+            let mut q = question();
+            q.question_type = Some(t.to_string());
+            q
+        };
+        let preds = vec![
+            predict(&typed("position"), "<answer>B</answer>".into()),
+            predict(&typed("position"), "<answer>A</answer>".into()),
+            predict(&typed("attribute"), "<answer>B</answer>".into()),
+            predict(&question(), "<answer>A</answer>".into()),
+        ];
+        let r = summarize(preds);
+        assert_eq!(r.per_type.len(), 2);
+        assert_eq!(r.per_type["position"].accuracy, 0.5);
+        assert_eq!(r.per_type["position"].count, 2);
+        assert_eq!(r.per_type["attribute"].accuracy, 1.0);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["per_type"]["position"]["count"], 2);
     }
 
     fn check_report(r: &EvalReport, n: usize) {

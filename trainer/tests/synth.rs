@@ -66,6 +66,9 @@ fn the_trainer_loader_reads_every_record() {
         for (q, r) in loaded.questions.iter().zip(&raw) {
             assert_eq!(q.options.len(), 4);
             assert_eq!(q.options_heading, "Anatomy Options");
+            // The record's form becomes the question type that `eval` breaks accuracy down by.
+            assert_eq!(q.question_type.as_deref(), r["form"].as_str());
+            assert!(q.question_type.is_some());
             assert!(q.options.iter().all(|o| names.contains(&o.as_str())));
             assert_eq!(
                 q.answer_letter().to_string(),

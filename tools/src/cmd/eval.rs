@@ -188,6 +188,7 @@ fn run_gguf(args: &EvalArgs, lm: &Path, mm: &Path) -> Result<()> {
         predictions.push(Prediction {
             id: q.id.clone(),
             class: q.answer_text().to_string(),
+            question_type: q.question_type.clone(),
             predicted: q.options[best].clone(),
             correct: best == q.answer,
             completion: answer.text,
@@ -290,6 +291,16 @@ fn print_tables(r: &EvalReport) {
     println!("{:<width$}  {:>8}  {:>6}", "class", "accuracy", "count");
     for (class, c) in &r.per_class {
         println!("{class:<width$}  {:>8.4}  {:>6}", c.accuracy, c.count);
+    }
+    if !r.per_type.is_empty() {
+        println!();
+        println!(
+            "{:<width$}  {:>8}  {:>6}",
+            "question type", "accuracy", "count"
+        );
+        for (t, c) in &r.per_type {
+            println!("{t:<width$}  {:>8.4}  {:>6}", c.accuracy, c.count);
+        }
     }
     println!();
     println!("confusion (rows: answer, columns: predicted)");

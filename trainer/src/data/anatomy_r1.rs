@@ -1,5 +1,7 @@
 //! The Anatomy-R1 JSON: the question and lettered options live inside the `instruction` prompt,
-//! `solution` is the correct letter and `answer` its text, which must agree.
+//! `solution` is the correct letter and `answer` its text, which must agree. The optional `form`
+//! that `anatomy synth` writes (`position`, `attribute`, `relation`) becomes the question type, so
+//! evaluation can be broken down by it.
 
 use super::{
     find_option, parse_letter, remap_image, str_field, validate, LoadOptions, Question, RecordError,
@@ -40,7 +42,10 @@ pub fn parse(
         options_heading: parts.options_heading,
         options: parts.options,
         answer,
-        question_type: None,
+        question_type: record
+            .get("form")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
         modality: None,
     })
 }
