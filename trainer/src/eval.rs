@@ -146,14 +146,15 @@ pub fn summarize(predictions: Vec<Prediction>) -> EvalReport {
     let correct = predictions.iter().filter(|p| p.correct).count();
     let mut per_class: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut per_type: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for p in &predictions {
-        let e = per_class.entry(p.class.clone()).or_default();
-        e.0 += usize::from(p.correct);
+    let tally = |m: &mut BTreeMap<String, (usize, usize)>, key: &str, ok: bool| {
+        let e = m.entry(key.to_string()).or_default();
+        e.0 += usize::from(ok);
         e.1 += 1;
+    };
+    for p in &predictions {
+        tally(&mut per_class, &p.class, p.correct);
         if let Some(t) = &p.question_type {
-            let e = per_type.entry(t.clone()).or_default();
-            e.0 += usize::from(p.correct);
-            e.1 += 1;
+            tally(&mut per_type, t, p.correct);
         }
     }
     // Predicted texts that are no question's answer still need a column, or counts would not add

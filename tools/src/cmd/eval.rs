@@ -277,6 +277,8 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
 }
 
+const TYPE_HEADING: &str = "question type";
+
 fn print_tables(r: &EvalReport) {
     println!("accuracy {:.4} ({} questions)", r.accuracy, r.count);
     println!();
@@ -284,10 +286,15 @@ fn print_tables(r: &EvalReport) {
         .confusion
         .labels
         .iter()
+        .chain(r.per_type.keys())
         .map(|l| l.chars().count())
         .max()
         .unwrap_or(5)
-        .max(5);
+        .max(if r.per_type.is_empty() {
+            5
+        } else {
+            TYPE_HEADING.len()
+        });
     println!("{:<width$}  {:>8}  {:>6}", "class", "accuracy", "count");
     for (class, c) in &r.per_class {
         println!("{class:<width$}  {:>8.4}  {:>6}", c.accuracy, c.count);
@@ -296,7 +303,7 @@ fn print_tables(r: &EvalReport) {
         println!();
         println!(
             "{:<width$}  {:>8}  {:>6}",
-            "question type", "accuracy", "count"
+            TYPE_HEADING, "accuracy", "count"
         );
         for (t, c) in &r.per_type {
             println!("{t:<width$}  {:>8.4}  {:>6}", c.accuracy, c.count);

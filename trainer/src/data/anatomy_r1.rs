@@ -4,7 +4,8 @@
 //! evaluation can be broken down by it.
 
 use super::{
-    find_option, parse_letter, remap_image, str_field, validate, LoadOptions, Question, RecordError,
+    find_option, opt_str_field, parse_letter, remap_image, str_field, validate, LoadOptions,
+    Question, RecordError,
 };
 use crate::data::question::letter;
 
@@ -42,10 +43,7 @@ pub fn parse(
         options_heading: parts.options_heading,
         options: parts.options,
         answer,
-        question_type: record
-            .get("form")
-            .and_then(|v| v.as_str())
-            .map(str::to_string),
+        question_type: opt_str_field(record, "form"),
         modality: None,
     })
 }

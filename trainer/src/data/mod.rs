@@ -215,6 +215,14 @@ pub(crate) fn str_field<'a>(
         .ok_or(RecordError::MissingField(key))
 }
 
+/// An optional string field: `None` when absent or not a string.
+pub(crate) fn opt_str_field(
+    record: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Option<String> {
+    record.get(key).and_then(|v| v.as_str()).map(str::to_string)
+}
+
 /// The checks every format shares: option count, distinct options, a non-empty question.
 pub(crate) fn validate(q: Question) -> Result<Question, RecordError> {
     if q.question.trim().is_empty() {

@@ -2,7 +2,8 @@
 //! (fewer for some questions), `image_path`, `question_type`, `modality_type`.
 
 use super::{
-    find_option, remap_image, str_field, validate, LoadOptions, Question, RecordError, MAX_OPTIONS,
+    find_option, opt_str_field, remap_image, str_field, validate, LoadOptions, Question,
+    RecordError, MAX_OPTIONS,
 };
 use crate::data::prompt::DEFAULT_INSTRUCTION;
 use crate::data::question::letter;
@@ -33,7 +34,6 @@ pub fn parse(
         Some(serde_json::Value::Number(n)) => n.to_string(),
         _ => index.to_string(),
     };
-    let opt = |k: &str| record.get(k).and_then(|v| v.as_str()).map(str::to_string);
     validate(Question {
         id,
         image: remap_image(image, options),
@@ -42,7 +42,7 @@ pub fn parse(
         options_heading: "Options".to_string(),
         options: texts,
         answer,
-        question_type: opt("question_type"),
-        modality: opt("modality_type"),
+        question_type: opt_str_field(record, "question_type"),
+        modality: opt_str_field(record, "modality_type"),
     })
 }
