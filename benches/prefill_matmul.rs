@@ -1,7 +1,8 @@
 //! Many-row matrix products as prefill and the vision tower run them, through the CPU backend's
-//! `matmul` on memory-mapped GGUF weights, with the AMX bf16 tile kernel and with the f32 kernel
-//! it replaces, in the same run: the ratio of the two is the figure to read (the machines are
-//! noisy; absolute rates move between runs). On a CPU without AMX only the f32 rows run.
+//! `matmul` on memory-mapped GGUF weights, with the AMX bf16 tile kernel (or, without AMX, the
+//! int8 VNNI kernel for quantized weights) and with the f32 kernel they replace, in the same run:
+//! the ratio of the two is the figure to read (the machines are noisy; absolute rates move
+//! between runs). On a CPU with neither only the f32 rows run.
 //!
 //! Shapes are Qwen2.5-VL-3B's: the language model's FFN up projection (Q4_K, 2048 -> 11008) and
 //! down projection (Q8_0, 11008 -> 2048) over 512 prompt rows, and the vision MLP's up projection
@@ -52,26 +53,34 @@ fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("anatomy-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temporary directory");
     let file = weights(&dir);
-    let amx = CpuBackend::new(None).expect("thread pool");
-    let kernels: Vec<(&str, CpuBackend)> = if amx.amx() {
-        vec![
-            ("amx_bf16", amx),
-            (
-                "f32",
-                CpuBackend::new(None).expect("thread pool").with_amx(false),
-            ),
-        ]
-    } else {
-        eprintln!("no AMX on this CPU (or ANATOMY_AMX=0): only the f32 kernel runs");
-        vec![("f32", amx)]
+    let fast = CpuBackend::new(None).expect("thread pool");
+    let f32_kernel = || {
+        CpuBackend::new(None)
+            .expect("thread pool")
+            .with_amx(false)
+            .with_int8(false)
     };
-    for &(name, _, m, k, n) in &CASES {
+    let kernels: Vec<(&str, CpuBackend)> = if fast.amx() {
+        vec![("amx_bf16", fast), ("f32", f32_kernel())]
+    } else if fast.int8(GgmlType::Q4_K) {
+        vec![("int8_vnni", fast), ("f32", f32_kernel())]
+    } else {
+        eprintln!(
+            "no AMX (or ANATOMY_AMX=0) and no AVX-512 VNNI on this CPU: only the f32 kernel runs"
+        );
+        vec![("f32", fast)]
+    };
+    for &(name, ty, m, k, n) in &CASES {
         let mut g = c.benchmark_group(format!("prefill_matmul/{name}"));
         g.sample_size(10)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(3))
             .throughput(Throughput::Elements((m * k * n) as u64));
         for (kernel, b) in &kernels {
+            // The int8 kernel takes quantized weights only; F16 rows would run the f32 kernel twice.
+            if *kernel == "int8_vnni" && !b.int8(ty) {
+                continue;
+            }
             let w = b.matrix(&file, name).expect("matrix");
             let mut x = b.alloc(n * k);
             b.write(&mut x, 0, &xorshift_values(n * k, 17));

@@ -10,10 +10,13 @@
 //! - `avx2`: AVX2/FMA dot products for Q8_0, Q4_K and Q6_K, chosen at run time by [`dot::vec_dot`].
 //!   NEON paths for aarch64 are not written yet; aarch64 uses the scalar code.
 //! - `avx512`: AVX-512 BW/VNNI dot products for Q4_K, Q6_K and Q8_0, tried before the AVX2 ones.
+//! - `affine`: Q8_0, Q4_K and Q6_K rows as unsigned bytes with an affine map per group, the form
+//!   the CPU backend's int8 matrix-matrix kernel multiplies.
 //!
 //! All functions work on byte slices holding whole blocks, in the exact layout GGUF stores, so a
 //! memory-mapped tensor row can be passed without copying.
 
+pub mod affine;
 pub mod dequant;
 pub mod dot;
 pub mod quantize;

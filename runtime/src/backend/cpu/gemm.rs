@@ -117,7 +117,7 @@ pub(super) fn gemm_panels<E: Send>(
 }
 
 /// Weight rows per task: a multiple of [`NW`], small enough that every worker gets several tasks.
-fn panel_rows(m: usize) -> usize {
+pub(super) fn panel_rows(m: usize) -> usize {
     let tasks = rayon::current_num_threads() * 4;
     (m.div_ceil(tasks).div_ceil(NW) * NW).clamp(NW, 4 * NW)
 }

@@ -9,15 +9,16 @@
 
 use rayon::prelude::*;
 
-use super::amx;
 use super::gemm::{gemm_panels, grow, pack_activations, packed_len, scatter};
 use super::simd::dot as dot_f32;
+use super::{amx, int8};
 use super::{CpuMatrix, CpuWorkspace};
 use crate::backend::BackendError;
 use crate::quant::{dequantize_row, quantize_row, vec_dot, vec_dot_rows, GgmlType};
 
-/// From this many activation rows on, weights are decoded once and multiplied by the AMX tile
-/// kernel (`amx`) or the blocked float kernel (`gemm`); below it each pair takes the quantized dot product, which reads
+/// From this many activation rows on, weights are decoded once per panel and multiplied by the AMX
+/// tile kernel (`amx`), the int8 kernel (`int8`, without AMX, for the types it decodes) or the
+/// blocked float kernel (`gemm`); below it each pair takes the quantized dot product, which reads
 /// the weights without decoding them.
 const GEMM_MIN_ROWS: usize = 16;
 
@@ -34,6 +35,7 @@ pub(super) fn matmul(
     n: usize,
     out: &mut [f32],
     amx: Option<amx::Amx>,
+    int8: bool,
 ) -> Result<(), BackendError> {
     let (m, k) = (w.rows, w.cols);
     let wb = w.bytes();
@@ -49,6 +51,12 @@ pub(super) fn matmul(
         let t = &mut ws.transposed[..m * n];
         // F32 rows stay in f32: bf16 would cost them precision they carry.
         let pr = match amx.filter(|_| w.ty != GgmlType::F32) {
+            None if int8 => {
+                int8::pack_activations(w.ty, x, n, k, &mut ws.packed_int8);
+                int8::int8_panels(w.ty, m, k, n, &ws.packed_int8, t, |j| {
+                    &wb[j * rb..(j + 1) * rb]
+                })
+            }
             Some(amx) => {
                 grow(&mut ws.packed_bf16, amx::packed_len(n, k));
                 amx::pack_activations(x, n, k, &mut ws.packed_bf16);

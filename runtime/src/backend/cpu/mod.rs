@@ -9,6 +9,8 @@
 //! - `matmul`: quantized and float matrix products, one row and many.
 //! - `gemm`: the blocked float kernel `matmul` uses for many rows, weights decoded once per panel.
 //! - `amx`: the bf16 tile kernel that replaces it on CPUs with AMX, for all but F32 weights.
+//! - `int8`: without AMX, the integer kernel for Q4_K, Q6_K and Q8_0 weights on AVX-512 VNNI
+//!   (activations quantized once, weights decoded to bytes once per panel).
 //! - `simd`: run-time dispatched dot product and axpy under the row kernels.
 //! - `kernels`: norms, rotary, attention, activations, row copies.
 //! - `attend512`: attention's AVX-512 inner loop (16 keys per step, vector softmax).
@@ -19,6 +21,7 @@ mod amx;
 mod attend512;
 pub mod bandwidth;
 mod gemm;
+mod int8;
 mod kernels;
 pub use kernels::MAX_HEAD_DIM;
 mod matmul;
@@ -79,6 +82,7 @@ pub struct CpuWorkspace {
     transposed: Vec<f32>,
     packed: Vec<f32>,
     packed_bf16: Vec<u16>,
+    packed_int8: int8::PackedActs,
 }
 
 /// The CPU backend.
@@ -86,6 +90,7 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     amx: Option<amx::Amx>,
+    int8: bool,
 }
 
 impl CpuBackend {
@@ -101,6 +106,7 @@ impl CpuBackend {
             pool,
             threads,
             amx: amx::available(),
+            int8: true,
         })
     }
 
@@ -115,6 +121,19 @@ impl CpuBackend {
     /// Whether many-row products run on the AMX tile kernels.
     pub fn amx(&self) -> bool {
         self.amx.is_some()
+    }
+
+    /// The same backend with the int8 VNNI kernel for many-row products of Q4_K, Q6_K and Q8_0
+    /// weights on or off (used without AMX, where the CPU has AVX-512 VNNI). Off, those products
+    /// decode the weights and run the f32 kernel: a baseline for benchmarks.
+    pub fn with_int8(mut self, on: bool) -> Self {
+        self.int8 = on;
+        self
+    }
+
+    /// Whether many-row products of `ty` weights run on the int8 kernel.
+    pub fn int8(&self, ty: GgmlType) -> bool {
+        self.int8 && self.amx.is_none() && int8::supports(ty)
     }
 
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -187,6 +206,7 @@ impl Backend for CpuBackend {
             ],
             packed: Vec::new(),
             packed_bf16: Vec::new(),
+            packed_int8: int8::PackedActs::default(),
         }
     }
 
@@ -263,7 +283,8 @@ impl Backend for CpuBackend {
         rows: usize,
         out: &mut CpuBuffer,
     ) -> Result<(), BackendError> {
-        self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0, self.amx))
+        let int8 = self.int8(w.ty);
+        self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0, self.amx, int8))
     }
 
     fn embed(
