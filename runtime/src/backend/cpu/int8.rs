@@ -154,8 +154,9 @@ pub(super) fn int8_panels<'w>(
                     of.fill(0.0);
                     for r in 0..(rows - p * NW).min(NW) {
                         decode_affine(ty, row(j0 + p * NW + r), &mut dec[..k], s1, o1)?;
-                        for (i, &u) in dec[..k].iter().enumerate() {
-                            pk[(i / 4 * NW + r) * 4 + i % 4] = u;
+                        // Four bytes a move: the packing is one pass over every weight.
+                        for (p, u) in dec[..k].chunks_exact(4).enumerate() {
+                            pk[(p * NW + r) * 4..(p * NW + r) * 4 + 4].copy_from_slice(u);
                         }
                         for g in 0..groups {
                             sc[g * NW + r] = s1[g];

@@ -106,7 +106,7 @@ impl CpuBackend {
             pool,
             threads,
             amx: amx::available(),
-            int8: true,
+            int8: std::env::var("ANATOMY_INT8").map_or(true, |v| v.trim() != "0"),
         })
     }
 
@@ -124,8 +124,9 @@ impl CpuBackend {
     }
 
     /// The same backend with the int8 VNNI kernel for many-row products of Q4_K, Q6_K and Q8_0
-    /// weights on or off (used without AMX, where the CPU has AVX-512 VNNI). Off, those products
-    /// decode the weights and run the f32 kernel: a baseline for benchmarks.
+    /// weights on or off (used without AMX, where the CPU has AVX-512 VNNI; `ANATOMY_INT8=0` turns
+    /// the default off process-wide). Off, those products decode the weights and run the f32
+    /// kernel: a baseline for benchmarks.
     pub fn with_int8(mut self, on: bool) -> Self {
         self.int8 = on;
         self
