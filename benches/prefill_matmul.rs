@@ -1,8 +1,9 @@
 //! Many-row matrix products as prefill and the vision tower run them, through the CPU backend's
-//! `matmul` on memory-mapped GGUF weights, with the AMX bf16 tile kernel (or, without AMX, the
-//! int8 VNNI kernel for quantized weights) and with the f32 kernel they replace, in the same run:
-//! the ratio of the two is the figure to read (the machines are noisy; absolute rates move
-//! between runs). On a CPU with neither only the f32 rows run.
+//! `matmul` on memory-mapped GGUF weights, with the kernel the backend picks on this CPU (the AMX
+//! bf16 tiles; without AMX the int8 VNNI kernel for quantized weights and the AVX-512 BF16 one
+//! for half-precision weights) and with the f32 kernel they replace, in the same run: the ratio of
+//! the two is the figure to read (the machines are noisy; absolute rates move between runs). On a
+//! CPU with none of them only the f32 rows run.
 //!
 //! Shapes are Qwen2.5-VL-3B's: the language model's FFN up projection (Q4_K, 2048 -> 11008) and
 //! down projection (Q8_0, 11008 -> 2048) over 512 prompt rows, and the vision MLP's up projection
@@ -54,21 +55,22 @@ fn bench(c: &mut Criterion) {
     std::fs::create_dir_all(&dir).expect("temporary directory");
     let file = weights(&dir);
     let fast = CpuBackend::new(None).expect("thread pool");
-    let f32_kernel = || {
-        CpuBackend::new(None)
-            .expect("thread pool")
-            .with_amx(false)
-            .with_int8(false)
-    };
-    let kernels: Vec<(&str, CpuBackend)> = if fast.amx() {
-        vec![("amx_bf16", fast), ("f32", f32_kernel())]
-    } else if fast.int8(GgmlType::Q4_K) {
-        vec![("int8_vnni", fast), ("f32", f32_kernel())]
-    } else {
-        eprintln!(
-            "no AMX (or ANATOMY_AMX=0) and no AVX-512 VNNI on this CPU: only the f32 kernel runs"
-        );
-        vec![("f32", fast)]
+    let f32_kernel = CpuBackend::new(None)
+        .expect("thread pool")
+        .with_amx(false)
+        .with_int8(false)
+        .with_avx512_bf16(false);
+    // The default backend's kernel for a weight type; `None` when that is the f32 kernel too.
+    let fast_kernel = |ty: GgmlType| {
+        if fast.amx() {
+            Some("amx_bf16")
+        } else if fast.int8(ty) {
+            Some("int8_vnni")
+        } else if fast.avx512_bf16(ty) {
+            Some("avx512_bf16")
+        } else {
+            None
+        }
     };
     for &(name, ty, m, k, n) in &CASES {
         let mut g = c.benchmark_group(format!("prefill_matmul/{name}"));
@@ -76,11 +78,14 @@ fn bench(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(3))
             .throughput(Throughput::Elements((m * k * n) as u64));
-        for (kernel, b) in &kernels {
-            // The int8 kernel takes quantized weights only; F16 rows would run the f32 kernel twice.
-            if *kernel == "int8_vnni" && !b.int8(ty) {
-                continue;
+        let kernels = match fast_kernel(ty) {
+            Some(kernel) => vec![(kernel, &fast), ("f32", &f32_kernel)],
+            None => {
+                eprintln!("{name}: no faster kernel than f32 for {ty} on this CPU");
+                vec![("f32", &f32_kernel)]
             }
+        };
+        for (kernel, b) in kernels {
             let w = b.matrix(&file, name).expect("matrix");
             let mut x = b.alloc(n * k);
             b.write(&mut x, 0, &xorshift_values(n * k, 17));
@@ -91,7 +96,7 @@ fn bench(c: &mut Criterion) {
                 keys: 1,
                 heads: 1,
             });
-            g.bench_function(BenchmarkId::new(*kernel, format!("{m}x{k}x{n}")), |it| {
+            g.bench_function(BenchmarkId::new(kernel, format!("{m}x{k}x{n}")), |it| {
                 it.iter(|| {
                     b.matmul(&mut ws, &w, &x, n, &mut out).expect("matmul");
                     black_box(&out);

@@ -26,26 +26,43 @@ use rayon::prelude::*;
 use super::gemm::grow;
 
 /// bf16 values along `k` in one tile row (64 bytes).
-const TK: usize = 32;
+pub(super) const TK: usize = 32;
 /// Rows of a tile.
-const TR: usize = 16;
+pub(super) const TR: usize = 16;
 /// bf16 values in one tile.
-const TILE: usize = TK * TR;
+pub(super) const TILE: usize = TK * TR;
 /// Activation rows and weight rows of one kernel call: 2x2 accumulator tiles.
-const BLOCK: usize = 2 * TR;
+pub(super) const BLOCK: usize = 2 * TR;
 
-/// Proof that the AMX path is on, which [`gemm_panels`] takes: only [`available`] makes one.
+/// Which instructions multiply the packed blocks.
 #[derive(Clone, Copy)]
-pub(super) struct Amx(());
+enum Engine {
+    /// AMX tiles (`tdpbf16ps`).
+    Tiles,
+    /// AVX-512 BF16 vectors (`vdpbf16ps`, `super::bf16`).
+    Vectors,
+}
+
+/// Proof that a bf16 path is on, which [`gemm_panels`] takes: only [`available`] (AMX) and
+/// [`avx512_bf16`] make one.
+#[derive(Clone, Copy)]
+pub(super) struct Bf16(Engine);
 
 /// The AMX path when it is on: the CPU has AMX-TILE and AMX-BF16, the kernel granted this process
 /// the tile state, and `ANATOMY_AMX` is not `0`. Decided once per process.
-pub(super) fn available() -> Option<Amx> {
+pub(super) fn available() -> Option<Bf16> {
     static ON: OnceLock<bool> = OnceLock::new();
     let on = *ON.get_or_init(|| {
         std::env::var("ANATOMY_AMX").map_or(true, |v| v.trim() != "0") && os::enable()
     });
-    on.then_some(Amx(()))
+    on.then_some(Bf16(Engine::Tiles))
+}
+
+/// The same products on AVX-512 BF16 vectors, for CPUs without AMX, when the CPU has them and
+/// `ANATOMY_BF16` is not `0`.
+pub(super) fn avx512_bf16() -> Option<Bf16> {
+    let on = std::env::var("ANATOMY_BF16").map_or(true, |v| v.trim() != "0");
+    (on && super::bf16::available()).then_some(Bf16(Engine::Vectors))
 }
 
 /// `u16` values [`pack_activations`] writes for `n` rows of `k`.
@@ -118,7 +135,7 @@ thread_local! {
 /// `t[j0 * n + i * rows + r] = w_{j0 + r} · x_i`, from activations packed by [`pack_activations`]
 /// and weight row `j` decoded into a `k`-slice by `decode(j, dst)`. Returns `pr`.
 pub(super) fn gemm_panels<E: Send>(
-    _: Amx,
+    engine: Bf16,
     m: usize,
     k: usize,
     n: usize,
@@ -150,8 +167,17 @@ pub(super) fn gemm_panels<E: Send>(
                     let w = &packed[g * 2 * kt * TILE..(g + 1) * 2 * kt * TILE];
                     let cols = (rows - g * BLOCK).min(BLOCK);
                     for (ab, x) in xb.chunks_exact(2 * kt * TILE).enumerate() {
-                        // SAFETY: the `Amx` token says `enable()` returned true.
-                        unsafe { os::kernel(w, x, kt, &mut acc) };
+                        match engine.0 {
+                            // SAFETY: only `available()` makes this token, after `enable()`
+                            // returned true.
+                            Engine::Tiles => unsafe { os::kernel(w, x, kt, &mut acc) },
+                            // SAFETY: only `avx512_bf16()` makes this token, after
+                            // `bf16::available()` returned true.
+                            #[cfg(target_arch = "x86_64")]
+                            Engine::Vectors => unsafe { super::bf16::kernel(w, x, kt, &mut acc) },
+                            #[cfg(not(target_arch = "x86_64"))]
+                            Engine::Vectors => unreachable!("bf16::available() is false here"),
+                        }
                         // `acc` is weight-row major; the panel block is activation-row major.
                         let i0 = ab * BLOCK;
                         for ii in 0..BLOCK.min(n - i0) {
@@ -469,6 +495,26 @@ mod tests {
             eprintln!("no AMX on this CPU: the tile kernel is not exercised here");
             return;
         };
+        matches_the_rounded_product(amx);
+    }
+
+    /// The same check for the AVX-512 BF16 vectors (`super::bf16`) over the same packing.
+    #[test]
+    fn vectors_match_the_rounded_product_on_every_edge() {
+        let has = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| s.contains(" avx512_bf16"))
+            .unwrap_or(false);
+        if std::env::var("ANATOMY_BF16").is_err() {
+            assert_eq!(avx512_bf16().is_some(), has && cfg!(target_arch = "x86_64"));
+        }
+        let Some(vectors) = avx512_bf16() else {
+            eprintln!("no AVX-512 BF16 on this CPU: the vector kernel is not exercised here");
+            return;
+        };
+        matches_the_rounded_product(vectors);
+    }
+
+    fn matches_the_rounded_product(engine: Bf16) {
         for &(m, n, k) in &[
             (4, 4, 16),
             (7, 5, 19),
@@ -487,7 +533,7 @@ mod tests {
             let mut xb = vec![u16::MAX; packed_len(n, k)];
             pack_activations(&x, n, k, &mut xb);
             let mut t = vec![f32::NAN; m * n];
-            let pr = gemm_panels::<()>(amx, m, k, n, &xb, &mut t, |j, dst| {
+            let pr = gemm_panels::<()>(engine, m, k, n, &xb, &mut t, |j, dst| {
                 dst.copy_from_slice(&w[j * k..(j + 1) * k]);
                 Ok(())
             })

@@ -17,9 +17,10 @@ use crate::backend::BackendError;
 use crate::quant::{dequantize_row, quantize_row, vec_dot, vec_dot_rows, GgmlType};
 
 /// From this many activation rows on, weights are decoded once per panel and multiplied by the AMX
-/// tile kernel (`amx`), the int8 kernel (`int8`, without AMX, for the types it decodes) or the
-/// blocked float kernel (`gemm`); below it each pair takes the quantized dot product, which reads
-/// the weights without decoding them.
+/// tile kernel (`amx`), or without AMX by the int8 kernel (`int8`, for the types it decodes) or
+/// the same bf16 product on AVX-512 BF16 vectors (`bf16`), or by the blocked float kernel
+/// (`gemm`); below it each pair takes the quantized dot product, which reads the weights without
+/// decoding them.
 const GEMM_MIN_ROWS: usize = 16;
 
 /// Weight rows per task: enough tasks to balance the pool, few enough to amortise scheduling.
@@ -34,7 +35,7 @@ pub(super) fn matmul(
     x: &[f32],
     n: usize,
     out: &mut [f32],
-    amx: Option<amx::Amx>,
+    bf16: Option<amx::Bf16>,
     int8: bool,
 ) -> Result<(), BackendError> {
     let (m, k) = (w.rows, w.cols);
@@ -50,17 +51,18 @@ pub(super) fn matmul(
             |j: usize, dst: &mut [f32]| dequantize_row(w.ty, &wb[j * rb..(j + 1) * rb], dst);
         let t = &mut ws.transposed[..m * n];
         // F32 rows stay in f32: bf16 would cost them precision they carry.
-        let pr = match amx.filter(|_| w.ty != GgmlType::F32) {
-            None if int8 => {
+        // `int8` is only set without AMX; there it comes before the bf16 vectors.
+        let pr = match bf16.filter(|_| w.ty != GgmlType::F32) {
+            _ if int8 => {
                 int8::pack_activations(w.ty, x, n, k, &mut ws.packed_int8);
                 int8::int8_panels(w.ty, m, k, n, &ws.packed_int8, t, |j| {
                     &wb[j * rb..(j + 1) * rb]
                 })
             }
-            Some(amx) => {
+            Some(bf16) => {
                 grow(&mut ws.packed_bf16, amx::packed_len(n, k));
                 amx::pack_activations(x, n, k, &mut ws.packed_bf16);
-                amx::gemm_panels(amx, m, k, n, &ws.packed_bf16, t, decode)
+                amx::gemm_panels(bf16, m, k, n, &ws.packed_bf16, t, decode)
             }
             None => {
                 grow(&mut ws.packed, packed_len(n, k));

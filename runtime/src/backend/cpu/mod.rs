@@ -9,6 +9,7 @@
 //! - `matmul`: quantized and float matrix products, one row and many.
 //! - `gemm`: the blocked float kernel `matmul` uses for many rows, weights decoded once per panel.
 //! - `amx`: the bf16 tile kernel that replaces it on CPUs with AMX, for all but F32 weights.
+//! - `bf16`: the AMX path's product on AVX-512 BF16 vectors, for CPUs without AMX that have them.
 //! - `int8`: without AMX, the integer kernel for Q4_K, Q6_K and Q8_0 weights on AVX-512 VNNI
 //!   (activations quantized once, weights decoded to bytes once per panel).
 //! - `simd`: run-time dispatched dot product and axpy under the row kernels.
@@ -20,6 +21,7 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod attend512;
 pub mod bandwidth;
+mod bf16;
 mod gemm;
 mod int8;
 mod kernels;
@@ -89,7 +91,8 @@ pub struct CpuWorkspace {
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
-    amx: Option<amx::Amx>,
+    amx: Option<amx::Bf16>,
+    avx512_bf16: Option<amx::Bf16>,
     int8: bool,
 }
 
@@ -106,6 +109,7 @@ impl CpuBackend {
             pool,
             threads,
             amx: amx::available(),
+            avx512_bf16: amx::avx512_bf16(),
             int8: std::env::var("ANATOMY_INT8").map_or(true, |v| v.trim() != "0"),
         })
     }
@@ -130,6 +134,19 @@ impl CpuBackend {
     pub fn with_int8(mut self, on: bool) -> Self {
         self.int8 = on;
         self
+    }
+
+    /// The same backend with the AVX-512 BF16 kernel for many-row products (used without AMX for
+    /// every weight type but F32 that the int8 kernel does not take, where the CPU has it;
+    /// `ANATOMY_BF16=0` turns the default off process-wide). Off, they run the f32 kernel.
+    pub fn with_avx512_bf16(mut self, on: bool) -> Self {
+        self.avx512_bf16 = if on { amx::avx512_bf16() } else { None };
+        self
+    }
+
+    /// Whether many-row products of `ty` weights run on the AVX-512 BF16 kernel.
+    pub fn avx512_bf16(&self, ty: GgmlType) -> bool {
+        self.amx.is_none() && self.avx512_bf16.is_some() && ty != GgmlType::F32 && !self.int8(ty)
     }
 
     /// Whether many-row products of `ty` weights run on the int8 kernel.
@@ -284,8 +301,8 @@ impl Backend for CpuBackend {
         rows: usize,
         out: &mut CpuBuffer,
     ) -> Result<(), BackendError> {
-        let int8 = self.int8(w.ty);
-        self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0, self.amx, int8))
+        let (bf16, int8) = (self.amx.or(self.avx512_bf16), self.int8(w.ty));
+        self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0, bf16, int8))
     }
 
     fn embed(
