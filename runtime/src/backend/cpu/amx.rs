@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::gemm::grow;
+use super::gemm::{for_each_panel, grow};
 
 /// bf16 values along `k` in one tile row (64 bytes).
 pub(super) const TK: usize = 32;
@@ -146,51 +146,46 @@ pub(super) fn gemm_panels<E: Send>(
     let kt = k.div_ceil(TK);
     let pr = panel_rows(m);
     let xb = &xb[..packed_len(n, k)];
-    t[..m * n]
-        .par_chunks_mut(pr * n)
-        .enumerate()
-        .try_for_each(|(c, out)| {
-            let j0 = c * pr;
-            let rows = out.len() / n;
-            let groups = rows.div_ceil(BLOCK);
-            SCRATCH.with(|s| {
-                let (dec, packed) = &mut *s.borrow_mut();
-                grow(dec, kt * TK);
-                let need = groups * BLOCK * kt * TK + TILE;
-                grow(packed, need);
-                // Tiles start on a cache line.
-                let off = packed.as_ptr().align_offset(64).min(TILE);
-                let packed = &mut packed[off..off + groups * BLOCK * kt * TK];
-                pack_panel(j0, rows, k, dec, packed, &decode)?;
-                let mut acc = [[0f32; BLOCK]; BLOCK];
-                for g in 0..groups {
-                    let w = &packed[g * 2 * kt * TILE..(g + 1) * 2 * kt * TILE];
-                    let cols = (rows - g * BLOCK).min(BLOCK);
-                    for (ab, x) in xb.chunks_exact(2 * kt * TILE).enumerate() {
-                        match engine.0 {
-                            // SAFETY: only `available()` makes this token, after `enable()`
-                            // returned true.
-                            Engine::Tiles => unsafe { os::kernel(w, x, kt, &mut acc) },
-                            // SAFETY: only `avx512_bf16()` makes this token, after
-                            // `bf16::available()` returned true.
-                            #[cfg(target_arch = "x86_64")]
-                            Engine::Vectors => unsafe { super::bf16::kernel(w, x, kt, &mut acc) },
-                            #[cfg(not(target_arch = "x86_64"))]
-                            Engine::Vectors => unreachable!("bf16::available() is false here"),
-                        }
-                        // `acc` is weight-row major; the panel block is activation-row major.
-                        let i0 = ab * BLOCK;
-                        for ii in 0..BLOCK.min(n - i0) {
-                            let o = (i0 + ii) * rows + g * BLOCK;
-                            for (d, a) in out[o..o + cols].iter_mut().zip(&acc) {
-                                *d = a[ii];
-                            }
+    for_each_panel(t, m, n, pr, |j0, rows, out| {
+        let groups = rows.div_ceil(BLOCK);
+        SCRATCH.with(|s| {
+            let (dec, packed) = &mut *s.borrow_mut();
+            grow(dec, kt * TK);
+            let need = groups * BLOCK * kt * TK + TILE;
+            grow(packed, need);
+            // Tiles start on a cache line.
+            let off = packed.as_ptr().align_offset(64).min(TILE);
+            let packed = &mut packed[off..off + groups * BLOCK * kt * TK];
+            pack_panel(j0, rows, k, dec, packed, &decode)?;
+            let mut acc = [[0f32; BLOCK]; BLOCK];
+            for g in 0..groups {
+                let w = &packed[g * 2 * kt * TILE..(g + 1) * 2 * kt * TILE];
+                let cols = (rows - g * BLOCK).min(BLOCK);
+                for (ab, x) in xb.chunks_exact(2 * kt * TILE).enumerate() {
+                    match engine.0 {
+                        // SAFETY: only `available()` makes this token, after `enable()`
+                        // returned true.
+                        Engine::Tiles => unsafe { os::kernel(w, x, kt, &mut acc) },
+                        // SAFETY: only `avx512_bf16()` makes this token, after
+                        // `bf16::available()` returned true.
+                        #[cfg(target_arch = "x86_64")]
+                        Engine::Vectors => unsafe { super::bf16::kernel(w, x, kt, &mut acc) },
+                        #[cfg(not(target_arch = "x86_64"))]
+                        Engine::Vectors => unreachable!("bf16::available() is false here"),
+                    }
+                    // `acc` is weight-row major; the panel block is activation-row major.
+                    let i0 = ab * BLOCK;
+                    for ii in 0..BLOCK.min(n - i0) {
+                        let o = (i0 + ii) * rows + g * BLOCK;
+                        for (d, a) in out[o..o + cols].iter_mut().zip(&acc) {
+                            *d = a[ii];
                         }
                     }
                 }
-                Ok(())
-            })
-        })?;
+            }
+            Ok(())
+        })
+    })?;
     Ok(pr)
 }
 

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 /// Weight rows per packed group: two AVX-512 vectors.
-const NW: usize = 32;
+pub(super) const NW: usize = 32;
 /// Activation rows per kernel call.
 const NX: usize = 12;
 
@@ -71,49 +71,73 @@ pub(super) fn gemm_panels<E: Send>(
 ) -> Result<usize, E> {
     let pr = panel_rows(m);
     let xp = &xp[..packed_len(n, k)];
+    for_each_panel(t, m, n, pr, |j0, rows, out| {
+        let groups = rows.div_ceil(NW);
+        SCRATCH.with(|s| {
+            let (dec, packed) = &mut *s.borrow_mut();
+            grow(dec, NW * k);
+            grow(packed, groups * NW * k);
+            // Decode 32 rows at a time and transpose them k-major; missing rows stay zero.
+            for g in 0..groups {
+                let dec = &mut dec[..NW * k];
+                dec.fill(0.0);
+                let live = (rows - g * NW).min(NW);
+                for (r, dst) in dec.chunks_exact_mut(k).take(live).enumerate() {
+                    decode(j0 + g * NW + r, dst)?;
+                }
+                let pk = &mut packed[g * NW * k..(g + 1) * NW * k];
+                for (p, col) in pk.chunks_exact_mut(NW).enumerate() {
+                    for (r, v) in col.iter_mut().enumerate() {
+                        *v = dec[r * k + p];
+                    }
+                }
+            }
+            let mut acc = [[0f32; NW]; NX];
+            for (tn, xs) in xp.chunks_exact(NX * k).enumerate() {
+                let i = tn * NX;
+                let live = (n - i).min(NX);
+                for g in 0..groups {
+                    kernel(&packed[g * NW * k..(g + 1) * NW * k], xs, k, &mut acc);
+                    store_tile(out, &acc, i, live, rows, g * NW);
+                }
+            }
+            Ok(())
+        })
+    })?;
+    Ok(pr)
+}
+
+/// Runs `f(j0, rows, block)` in parallel over the panels of `pr` weight rows from row `j0`:
+/// `block` is the panel's `n x rows` part of `t`, the layout [`scatter`] reads.
+pub(super) fn for_each_panel<E: Send>(
+    t: &mut [f32],
+    m: usize,
+    n: usize,
+    pr: usize,
+    f: impl Fn(usize, usize, &mut [f32]) -> Result<(), E> + Sync + Send,
+) -> Result<(), E> {
     t[..m * n]
         .par_chunks_mut(pr * n)
         .enumerate()
-        .try_for_each(|(c, out)| {
-            let j0 = c * pr;
-            let rows = out.len() / n;
-            let groups = rows.div_ceil(NW);
-            SCRATCH.with(|s| {
-                let (dec, packed) = &mut *s.borrow_mut();
-                grow(dec, NW * k);
-                grow(packed, groups * NW * k);
-                // Decode 32 rows at a time and transpose them k-major; missing rows stay zero.
-                for g in 0..groups {
-                    let dec = &mut dec[..NW * k];
-                    dec.fill(0.0);
-                    let live = (rows - g * NW).min(NW);
-                    for (r, dst) in dec.chunks_exact_mut(k).take(live).enumerate() {
-                        decode(j0 + g * NW + r, dst)?;
-                    }
-                    let pk = &mut packed[g * NW * k..(g + 1) * NW * k];
-                    for (p, col) in pk.chunks_exact_mut(NW).enumerate() {
-                        for (r, v) in col.iter_mut().enumerate() {
-                            *v = dec[r * k + p];
-                        }
-                    }
-                }
-                let mut acc = [[0f32; NW]; NX];
-                for (tn, xs) in xp.chunks_exact(NX * k).enumerate() {
-                    let i = tn * NX;
-                    let live = (n - i).min(NX);
-                    for g in 0..groups {
-                        kernel(&packed[g * NW * k..(g + 1) * NW * k], xs, k, &mut acc);
-                        let cols = (rows - g * NW).min(NW);
-                        for (b, a) in acc.iter().enumerate().take(live) {
-                            let o = (i + b) * rows + g * NW;
-                            out[o..o + cols].copy_from_slice(&a[..cols]);
-                        }
-                    }
-                }
-                Ok(())
-            })
-        })?;
-    Ok(pr)
+        .try_for_each(|(c, out)| f(c * pr, out.len() / n, out))
+}
+
+/// Puts a kernel's output tile into a panel block of `rows` weight rows: `acc[b]` (the products
+/// of activation row `i + b` with weight rows `c0..c0 + 32`) for the first `live` rows, clipped
+/// to the block's columns.
+pub(super) fn store_tile(
+    out: &mut [f32],
+    acc: &[[f32; NW]],
+    i: usize,
+    live: usize,
+    rows: usize,
+    c0: usize,
+) {
+    let cols = (rows - c0).min(NW);
+    for (b, a) in acc.iter().enumerate().take(live) {
+        let o = (i + b) * rows + c0;
+        out[o..o + cols].copy_from_slice(&a[..cols]);
+    }
 }
 
 /// Weight rows per task: a multiple of [`NW`], small enough that every worker gets several tasks.

@@ -14,12 +14,13 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::gemm::{grow, panel_rows};
+use super::gemm::{for_each_panel, grow, panel_rows, store_tile};
 use crate::quant::affine::{affine_group, decode_affine};
 use crate::quant::{nearest_int, GgmlType, QuantError};
 
-/// Weight rows per tile: two vectors of 16 i32 lanes.
-const NW: usize = 32;
+// Weight rows per tile: two vectors of 16 i32 lanes, the f32 kernel's width (its tile store and
+// panel sizes are shared).
+use super::gemm::NW;
 /// Activation rows per tile.
 const NX: usize = 4;
 
@@ -123,70 +124,61 @@ pub(super) fn int8_panels<'w>(
         &acts.bytes[..tiles * NX * k],
         &acts.maps[..tiles * groups * NX * 2],
     );
-    t[..m * n]
-        .par_chunks_mut(pr * n)
-        .enumerate()
-        .try_for_each(|(c, out)| {
-            let j0 = c * pr;
-            let rows = out.len() / n;
-            let panels = rows.div_ceil(NW);
-            SCRATCH.with(|s| {
-                let Scratch {
-                    dec,
-                    packed,
-                    scale,
-                    offset,
-                    row_scale: s1,
-                    row_offset: o1,
-                } = &mut *s.borrow_mut();
-                grow(dec, k);
-                grow(packed, panels * NW * k);
-                grow(scale, panels * NW * groups);
-                grow(offset, panels * NW * groups);
-                s1.resize(groups, 0.0);
-                o1.resize(groups, 0.0);
+    for_each_panel(t, m, n, pr, |j0, rows, out| {
+        let panels = rows.div_ceil(NW);
+        SCRATCH.with(|s| {
+            let Scratch {
+                dec,
+                packed,
+                scale,
+                offset,
+                row_scale: s1,
+                row_offset: o1,
+            } = &mut *s.borrow_mut();
+            grow(dec, k);
+            grow(packed, panels * NW * k);
+            grow(scale, panels * NW * groups);
+            grow(offset, panels * NW * groups);
+            s1.resize(groups, 0.0);
+            o1.resize(groups, 0.0);
+            for p in 0..panels {
+                let pk = &mut packed[p * NW * k..(p + 1) * NW * k];
+                let sc = &mut scale[p * NW * groups..(p + 1) * NW * groups];
+                let of = &mut offset[p * NW * groups..(p + 1) * NW * groups];
+                pk.fill(0);
+                sc.fill(0.0);
+                of.fill(0.0);
+                for r in 0..(rows - p * NW).min(NW) {
+                    decode_affine(ty, row(j0 + p * NW + r), &mut dec[..k], s1, o1)?;
+                    // Four bytes a move: the packing is one pass over every weight.
+                    for (p, u) in dec[..k].chunks_exact(4).enumerate() {
+                        pk[(p * NW + r) * 4..(p * NW + r) * 4 + 4].copy_from_slice(u);
+                    }
+                    for g in 0..groups {
+                        sc[g * NW + r] = s1[g];
+                        of[g * NW + r] = o1[g];
+                    }
+                }
+            }
+            let mut acc = [[0f32; NW]; NX];
+            for tn in 0..tiles {
+                let i = tn * NX;
+                let live = (n - i).min(NX);
+                let xs = &xb[tn * NX * k..(tn + 1) * NX * k];
+                let xmaps = &xm[tn * groups * NX * 2..(tn + 1) * groups * NX * 2];
                 for p in 0..panels {
-                    let pk = &mut packed[p * NW * k..(p + 1) * NW * k];
-                    let sc = &mut scale[p * NW * groups..(p + 1) * NW * groups];
-                    let of = &mut offset[p * NW * groups..(p + 1) * NW * groups];
-                    pk.fill(0);
-                    sc.fill(0.0);
-                    of.fill(0.0);
-                    for r in 0..(rows - p * NW).min(NW) {
-                        decode_affine(ty, row(j0 + p * NW + r), &mut dec[..k], s1, o1)?;
-                        // Four bytes a move: the packing is one pass over every weight.
-                        for (p, u) in dec[..k].chunks_exact(4).enumerate() {
-                            pk[(p * NW + r) * 4..(p * NW + r) * 4 + 4].copy_from_slice(u);
-                        }
-                        for g in 0..groups {
-                            sc[g * NW + r] = s1[g];
-                            of[g * NW + r] = o1[g];
-                        }
-                    }
+                    let w = Panel {
+                        bytes: &packed[p * NW * k..(p + 1) * NW * k],
+                        scale: &scale[p * NW * groups..(p + 1) * NW * groups],
+                        offset: &offset[p * NW * groups..(p + 1) * NW * groups],
+                    };
+                    kernel(&w, xs, xmaps, group, &mut acc);
+                    store_tile(out, &acc, i, live, rows, p * NW);
                 }
-                let mut acc = [[0f32; NW]; NX];
-                for tn in 0..tiles {
-                    let i = tn * NX;
-                    let live = (n - i).min(NX);
-                    let xs = &xb[tn * NX * k..(tn + 1) * NX * k];
-                    let xmaps = &xm[tn * groups * NX * 2..(tn + 1) * groups * NX * 2];
-                    for p in 0..panels {
-                        let w = Panel {
-                            bytes: &packed[p * NW * k..(p + 1) * NW * k],
-                            scale: &scale[p * NW * groups..(p + 1) * NW * groups],
-                            offset: &offset[p * NW * groups..(p + 1) * NW * groups],
-                        };
-                        kernel(&w, xs, xmaps, group, &mut acc);
-                        let cols = (rows - p * NW).min(NW);
-                        for (b, a) in acc.iter().enumerate().take(live) {
-                            let o = (i + b) * rows + p * NW;
-                            out[o..o + cols].copy_from_slice(&a[..cols]);
-                        }
-                    }
-                }
-                Ok(())
-            })
-        })?;
+            }
+            Ok(())
+        })
+    })?;
     Ok(pr)
 }
 
