@@ -60,30 +60,18 @@ fn bench(c: &mut Criterion) {
         .with_amx(false)
         .with_int8(false)
         .with_avx512_bf16(false);
-    // The default backend's kernel for a weight type; `None` when that is the f32 kernel too.
-    let fast_kernel = |ty: GgmlType| {
-        if fast.amx() {
-            Some("amx_bf16")
-        } else if fast.int8(ty) {
-            Some("int8_vnni")
-        } else if fast.avx512_bf16(ty) {
-            Some("avx512_bf16")
-        } else {
-            None
-        }
-    };
     for &(name, ty, m, k, n) in &CASES {
         let mut g = c.benchmark_group(format!("prefill_matmul/{name}"));
         g.sample_size(10)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(3))
             .throughput(Throughput::Elements((m * k * n) as u64));
-        let kernels = match fast_kernel(ty) {
-            Some(kernel) => vec![(kernel, &fast), ("f32", &f32_kernel)],
-            None => {
+        let kernels = match fast.many_rows_kernel(ty) {
+            "f32" => {
                 eprintln!("{name}: no faster kernel than f32 for {ty} on this CPU");
                 vec![("f32", &f32_kernel)]
             }
+            kernel => vec![(kernel, &fast), ("f32", &f32_kernel)],
         };
         for (kernel, b) in kernels {
             let w = b.matrix(&file, name).expect("matrix");

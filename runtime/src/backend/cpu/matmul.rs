@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::gemm::{gemm_panels, grow, pack_activations, packed_len, scatter};
 use super::simd::dot as dot_f32;
 use super::{amx, int8};
-use super::{CpuMatrix, CpuWorkspace};
+use super::{CpuMatrix, CpuWorkspace, ManyRows};
 use crate::backend::BackendError;
 use crate::quant::{dequantize_row, quantize_row, vec_dot, vec_dot_rows, GgmlType};
 
@@ -35,8 +35,7 @@ pub(super) fn matmul(
     x: &[f32],
     n: usize,
     out: &mut [f32],
-    bf16: Option<amx::Bf16>,
-    int8: bool,
+    kernel: ManyRows,
 ) -> Result<(), BackendError> {
     let (m, k) = (w.rows, w.cols);
     let wb = w.bytes();
@@ -50,21 +49,19 @@ pub(super) fn matmul(
         let decode =
             |j: usize, dst: &mut [f32]| dequantize_row(w.ty, &wb[j * rb..(j + 1) * rb], dst);
         let t = &mut ws.transposed[..m * n];
-        // F32 rows stay in f32: bf16 would cost them precision they carry.
-        // `int8` is only set without AMX; there it comes before the bf16 vectors.
-        let pr = match bf16.filter(|_| w.ty != GgmlType::F32) {
-            _ if int8 => {
+        let pr = match kernel {
+            ManyRows::Int8 => {
                 int8::pack_activations(w.ty, x, n, k, &mut ws.packed_int8);
                 int8::int8_panels(w.ty, m, k, n, &ws.packed_int8, t, |j| {
                     &wb[j * rb..(j + 1) * rb]
                 })
             }
-            Some(bf16) => {
+            ManyRows::Bf16(bf16) => {
                 grow(&mut ws.packed_bf16, amx::packed_len(n, k));
                 amx::pack_activations(x, n, k, &mut ws.packed_bf16);
                 amx::gemm_panels(bf16, m, k, n, &ws.packed_bf16, t, decode)
             }
-            None => {
+            ManyRows::F32 => {
                 grow(&mut ws.packed, packed_len(n, k));
                 pack_activations(x, n, k, &mut ws.packed);
                 gemm_panels(m, k, n, &ws.packed, t, decode)

@@ -87,6 +87,17 @@ pub struct CpuWorkspace {
     packed_int8: int8::PackedActs,
 }
 
+/// The kernel of a many-row matrix product (see [`CpuBackend::many_rows`]).
+#[derive(Clone, Copy)]
+enum ManyRows {
+    /// The bf16 product, on AMX tiles or AVX-512 BF16 vectors.
+    Bf16(amx::Bf16),
+    /// Bytes against bytes on AVX-512 VNNI.
+    Int8,
+    /// The f32 kernel.
+    F32,
+}
+
 /// The CPU backend.
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
@@ -144,14 +155,32 @@ impl CpuBackend {
         self
     }
 
-    /// Whether many-row products of `ty` weights run on the AVX-512 BF16 kernel.
-    pub fn avx512_bf16(&self, ty: GgmlType) -> bool {
-        self.amx.is_none() && self.avx512_bf16.is_some() && ty != GgmlType::F32 && !self.int8(ty)
+    /// The kernel many-row products of `ty` weights run on: the one place that choice is made.
+    /// F32 rows stay in f32 (bf16 or bytes would cost them precision they carry); AMX takes every
+    /// other type; without it the int8 kernel takes the types it decodes, then the AVX-512 BF16
+    /// vectors the rest.
+    fn many_rows(&self, ty: GgmlType) -> ManyRows {
+        if ty == GgmlType::F32 {
+            return ManyRows::F32;
+        }
+        if let Some(amx) = self.amx {
+            return ManyRows::Bf16(amx);
+        }
+        if self.int8 && int8::supports(ty) {
+            return ManyRows::Int8;
+        }
+        self.avx512_bf16.map_or(ManyRows::F32, ManyRows::Bf16)
     }
 
-    /// Whether many-row products of `ty` weights run on the int8 kernel.
-    pub fn int8(&self, ty: GgmlType) -> bool {
-        self.int8 && self.amx.is_none() && int8::supports(ty)
+    /// The name of the kernel many-row products of `ty` run on (`amx_bf16`, `int8_vnni`,
+    /// `avx512_bf16` or `f32`), for benchmarks and reports.
+    pub fn many_rows_kernel(&self, ty: GgmlType) -> &'static str {
+        match self.many_rows(ty) {
+            ManyRows::Bf16(_) if self.amx.is_some() => "amx_bf16",
+            ManyRows::Bf16(_) => "avx512_bf16",
+            ManyRows::Int8 => "int8_vnni",
+            ManyRows::F32 => "f32",
+        }
     }
 
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -301,8 +330,8 @@ impl Backend for CpuBackend {
         rows: usize,
         out: &mut CpuBuffer,
     ) -> Result<(), BackendError> {
-        let (bf16, int8) = (self.amx.or(self.avx512_bf16), self.int8(w.ty));
-        self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0, bf16, int8))
+        let kernel = self.many_rows(w.ty);
+        self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0, kernel))
     }
 
     fn embed(
