@@ -53,6 +53,7 @@ fn eval_json_through_the_runtime() {
         None,
     ));
     let data = scenes.join("questions.json");
+    let lines = tmp.path().join("predictions.jsonl");
     // No --image-root: `images/...` paths resolve against the question file's directory.
     let out = ok(anatomy(
         &[
@@ -64,6 +65,8 @@ fn eval_json_through_the_runtime() {
             "--data",
             s(&data),
             "--json",
+            "--predictions",
+            s(&lines),
             "--limit",
             "4",
             "--max-new-tokens",
@@ -98,6 +101,21 @@ fn eval_json_through_the_runtime() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(cells, 4);
+    // One line per question, agreeing with the report's count of correct answers.
+    let preds: Vec<serde_json::Value> = std::fs::read_to_string(&lines)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(preds.len(), 4);
+    let right = preds.iter().filter(|p| p["correct"] == true).count();
+    assert!((right as f64 / 4.0 - acc).abs() < 1e-9, "{preds:?}");
+    for p in &preds {
+        let probs = p["option_probs"].as_array().unwrap();
+        let sum: f64 = probs.iter().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-3, "{p}");
+        assert!(p["completion"].is_string() && p["id"].is_string(), "{p}");
+    }
 
     // The demo model when no model is named; the tables in text mode.
     let text = ok(anatomy(

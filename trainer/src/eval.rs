@@ -331,6 +331,7 @@ mod tests {
             answer: 1,
             question_type: None,
             modality: None,
+            caption: None,
         }
     }
 

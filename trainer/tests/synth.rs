@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anatomy_models::qwen2_5_vl::preprocess::load_image;
 use anatomy_trainer::data::{load, normalize};
-use anatomy_trainer::synth::questions::{cell_counts, dominant, CELLS};
+use anatomy_trainer::synth::questions::{caption, cell_counts, dominant, CELLS};
 use anatomy_trainer::synth::{
     generate, load_options, make_scene, Form, Structure, SynthConfig, SynthError,
 };
@@ -69,6 +69,16 @@ fn the_trainer_loader_reads_every_record() {
             // The record's form becomes the question type that `eval` breaks accuracy down by.
             assert_eq!(q.question_type.as_deref(), r["form"].as_str());
             assert!(q.question_type.is_some());
+            // The record's caption becomes the question's, nine cells in reading order.
+            assert_eq!(q.caption.as_deref(), r["caption"].as_str());
+            let caption = q.caption.as_deref().unwrap();
+            let cells: Vec<&str> = caption.split(", ").collect();
+            assert_eq!(cells.len(), 9, "{caption}");
+            for (cell, name) in CELLS.iter().zip(&cells) {
+                let rest = name.strip_prefix(cell).unwrap();
+                let rest = rest.strip_prefix(' ').unwrap();
+                assert!(rest == "mixed" || names.contains(&rest), "{caption}");
+            }
             assert!(q.options.iter().all(|o| names.contains(&o.as_str())));
             assert_eq!(
                 q.answer_letter().to_string(),
@@ -153,6 +163,13 @@ fn answers_follow_from_the_drawn_geometry() {
                 let counts = cell_counts(&scene, cell);
                 let most = (0..6).max_by_key(|&i| counts[i]).unwrap();
                 assert_eq!(Structure::ALL[most], a.structure, "{}", a.question);
+                // The caption names the asked cell by the answer.
+                let entry = format!("{} {}", CELLS[cell], a.structure.name());
+                assert!(
+                    caption(&scene).split(", ").any(|c| c == entry),
+                    "{entry} not in {}",
+                    caption(&scene)
+                );
             }
             if a.question.starts_with("What is the ") && a.form == Form::Attribute {
                 // "What is the red anatomy?": no other visible structure has that colour.

@@ -109,6 +109,7 @@ mod tests {
             answer: 3,
             question_type: None,
             modality: None,
+            caption: None,
         };
         for (v, x) in make_variants(&q, 5, 9).iter().enumerate() {
             let j = variant_json(&q.id, v, x);

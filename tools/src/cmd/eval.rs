@@ -56,6 +56,10 @@ pub struct EvalArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also write one JSON line per question to FILE: `id`, `class`, `question_type`, `predicted`,
+    /// `correct`, `completion` (the generated text) and `option_probs`.
+    #[arg(long, value_name = "FILE", conflicts_with = "hf")]
+    predictions: Option<PathBuf>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -163,6 +167,7 @@ fn run_gguf(args: &EvalArgs, lm: &Path, mm: &Path) -> Result<()> {
     let mut confidences = Vec::with_capacity(questions.len());
     let mut latencies = Vec::with_capacity(questions.len());
     let mut text_correct = 0usize;
+    let mut lines = String::new();
     for q in &questions {
         let req = AskRequest {
             question: q.question.clone(),
@@ -185,17 +190,27 @@ fn run_gguf(args: &EvalArgs, lm: &Path, mm: &Path) -> Result<()> {
         let best = argmax(&probs);
         confidences.push((probs[best] as f64, best == q.answer));
         text_correct += usize::from(eval::predicted_option(&answer.text, q) == Some(q.answer));
-        predictions.push(Prediction {
+        let p = Prediction {
             id: q.id.clone(),
             class: q.answer_text().to_string(),
             question_type: q.question_type.clone(),
             predicted: q.options[best].clone(),
             correct: best == q.answer,
             completion: answer.text,
-        });
+        };
+        if args.predictions.is_some() {
+            let mut line = serde_json::to_value(&p)?;
+            line["option_probs"] = json!(probs);
+            lines.push_str(&serde_json::to_string(&line)?);
+            lines.push('\n');
+        }
+        predictions.push(p);
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(path) = &args.predictions {
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     let n = predictions.len();
     let report = eval::summarize(predictions);
     let ece = expected_calibration_error(&confidences, ECE_BINS);

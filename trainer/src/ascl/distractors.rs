@@ -116,6 +116,7 @@ mod tests {
             answer: 1,
             question_type: None,
             modality: None,
+            caption: None,
         };
         let vocab: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
         let easy = rebuild_distractors(&q, &vocab, &sim, 0, 3).unwrap();
@@ -164,6 +165,7 @@ mod tests {
             answer: 0,
             question_type: None,
             modality: None,
+            caption: None,
         };
         let v = label_vocabulary(&[mk(&["Liver", "Gut"]), mk(&["gut", "Omentum"])]);
         assert_eq!(v, ["Gut", "Liver", "Omentum"]);

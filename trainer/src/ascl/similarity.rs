@@ -202,6 +202,7 @@ mod tests {
             answer,
             question_type: None,
             modality: None,
+            caption: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The Anatomy-R1 JSON: the question and lettered options live inside the `instruction` prompt,
 //! `solution` is the correct letter and `answer` its text, which must agree. The optional `form`
 //! that `anatomy synth` writes (`position`, `attribute`, `relation`) becomes the question type, so
-//! evaluation can be broken down by it.
+//! evaluation can be broken down by it; its optional `caption` (the scene cell by cell) becomes the
+//! question's caption.
 
 use super::{
     find_option, opt_str_field, parse_letter, remap_image, str_field, validate, LoadOptions,
@@ -45,6 +46,7 @@ pub fn parse(
         answer,
         question_type: opt_str_field(record, "form"),
         modality: None,
+        caption: opt_str_field(record, "caption"),
     })
 }
 

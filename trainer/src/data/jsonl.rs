@@ -56,5 +56,6 @@ pub fn parse(
         answer,
         question_type: None,
         modality: None,
+        caption: None,
     })
 }

@@ -44,5 +44,6 @@ pub fn parse(
         answer,
         question_type: opt_str_field(record, "question_type"),
         modality: opt_str_field(record, "modality_type"),
+        caption: None,
     })
 }

@@ -25,6 +25,9 @@ pub struct Question {
     /// OmniMedVQA's `question_type` and `modality_type`, when the source has them.
     pub question_type: Option<String>,
     pub modality: Option<String>,
+    /// A description of the image the question is about, when the source has one (`anatomy
+    /// synth` writes the structure of each 3x3 grid cell): text an SFT target may reason with.
+    pub caption: Option<String>,
 }
 
 impl Question {

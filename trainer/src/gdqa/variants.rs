@@ -192,6 +192,7 @@ mod tests {
             answer: 2,
             question_type: None,
             modality: None,
+            caption: None,
         };
         let v = make_variants(&q, 4, 0);
         assert_eq!(v.len(), 4);

@@ -169,7 +169,10 @@ pub struct SftConfig {
     /// text of the option the target answers (the model names what it sees, then picks the
     /// letter of that option); `{options}` for the lettered option lines as the prompt lists
     /// them (restating them gives a small model many copy examples per answer, which is how it
-    /// learns to find an option's letter by its text).
+    /// learns to find an option's letter by its text); `{caption}` for the question's caption
+    /// (`anatomy synth` writes the structure of each grid cell: nine localisation examples per
+    /// frame where the question asks one; a question without a caption is an error); `{cell}`
+    /// for the caption's cell the question names, and a space (empty when it names none).
     pub think: String,
     /// `correct` (the SFT baseline) or `random` (a letter drawn at random: teaches the answer
     /// format and nothing about the answers, a warm start for GRPO).

@@ -11,6 +11,7 @@
 //! - [`image_cache`]: per image, the vision output or pixels kept between steps, within a budget.
 //! - [`record`]: the per-step metrics line.
 //! - [`plot`]: PNG figures of one or more runs' metrics (reward with S(q), invalid-gradient ratio).
+//! - [`sft_target`]: the text an SFT step trains the model to write.
 //! - [`synthetic`]: a small image multiple-choice task whose answer is the image's colour, for the
 //!   learning test and `configs/tiny-cpu.toml`.
 
@@ -20,6 +21,7 @@ pub mod image_cache;
 pub mod plot;
 pub mod record;
 pub mod sampling;
+pub mod sft_target;
 pub mod synthetic;
 pub mod trainer;
 

@@ -25,6 +25,7 @@ use super::config::{Finetune, Reference, RunConfig, SftAnswer};
 use super::image_cache::{ImageCache, DEFAULT_BUDGET_BYTES};
 use super::record::StepRecord;
 use super::sampling::QuestionSampler;
+use super::sft_target::{caption_of, sft_text};
 use super::RunError;
 use crate::ascl::curriculum::{split_stages, Curriculum, CurriculumConfig, Pacing};
 use crate::ascl::similarity::{all_similarities, Aggregate};
@@ -216,6 +217,14 @@ impl Trainer {
             skip_bad: false,
         };
         let questions = data::load(&cfg.data, &opts)?.questions;
+        if !cfg.method.is_rl()
+            && (cfg.sft.think.contains("{caption}") || cfg.sft.think.contains("{cell}"))
+        {
+            // Fail before the model loads, not at the step that first draws such a question.
+            for q in &questions {
+                caption_of(q)?;
+            }
+        }
         if questions.is_empty() {
             return Err(RunError::Config(format!(
                 "{}: no questions",
@@ -711,23 +720,7 @@ impl Trainer {
             SftAnswer::Correct => q.answer,
             SftAnswer::Random => rng.below(q.options.len()),
         };
-        let options = q
-            .options
-            .iter()
-            .enumerate()
-            .map(|(i, o)| format!("{}. {o}", data::letter(i)))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let think = self
-            .cfg
-            .sft
-            .think
-            .replace("{answer}", &q.options[answer])
-            .replace("{options}", &options);
-        let text = format!(
-            "<think>{think}</think> <answer>{}</answer>",
-            data::letter(answer)
-        );
+        let text = sft_text(&self.cfg.sft.think, q, answer)?;
         let mut ids = self.tok.encode(&text)?;
         ids.push(self.tok.im_end_id);
         Ok(ids)

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Each record has the fields of `GRPO-ASC-Learning.json` (`instruction`, `sft_prompt`,
-//! `solution`, `answer`, `images`) plus `form` (`position`, `attribute` or `relation`). Image paths
+//! `solution`, `answer`, `images`) plus `form` (`position`, `attribute` or `relation`) and
+//! `caption` (the structure of each 3x3 grid cell, which an SFT target may reason with). Image paths
 //! are relative (`images/000000.png`), so a directory can be moved; load with
 //! [`load_options`] (the directory as image root).
 //!
@@ -149,10 +150,12 @@ pub struct Record {
     pub answer: String,
     pub images: String,
     pub form: &'static str,
+    /// The scene cell by cell ([`questions::caption`]).
+    pub caption: String,
 }
 
 impl Record {
-    fn new(asked: &Asked, image: &str, instruction: Option<&str>) -> Record {
+    fn new(asked: &Asked, image: &str, instruction: Option<&str>, caption: &str) -> Record {
         let mut body = format!("\nQuestion:\n{}\nAnatomy Options:", asked.question);
         for (i, o) in asked.options.iter().enumerate() {
             body.push('\n');
@@ -167,6 +170,7 @@ impl Record {
             answer: asked.options[asked.answer].clone(),
             images: image.to_string(),
             form: asked.form.key(),
+            caption: caption.to_string(),
         }
     }
 }
@@ -320,6 +324,7 @@ pub fn generate(
                 )
                 .and_then(|(scene, asked)| {
                     write_png(&out.join(&rel), &render::render(&scene), config.size)?;
+                    let caption = questions::caption(&scene);
                     Ok(asked
                         .iter()
                         .map(|a| {
@@ -328,7 +333,7 @@ pub fn generate(
                             } else {
                                 a.clone()
                             };
-                            Record::new(&a, &rel, config.instruction.as_deref())
+                            Record::new(&a, &rel, config.instruction.as_deref(), &caption)
                         })
                         .collect())
                 });

@@ -359,6 +359,24 @@ pub fn dominant(scene: &Scene, cell: usize) -> Option<Structure> {
         .then(|| Structure::ALL[order[0]])
 }
 
+/// The scene cell by cell, in reading order: "top-left Liver, top-mid Gut, ..., bottom-right
+/// Omentum", each cell named by the structure that clearly dominates it ([`dominant`]) or `mixed`.
+/// The position questions' answers are these cells' names, so a model that learns to write it
+/// sees nine localisation examples per frame instead of the one a question asks.
+pub fn caption(scene: &Scene) -> String {
+    CELLS
+        .iter()
+        .enumerate()
+        .map(|(i, cell)| {
+            format!(
+                "{cell} {}",
+                dominant(scene, i).map_or("mixed", |s| s.name())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn position(scene: &Scene, rng: &mut SplitMix64) -> Option<(String, Structure)> {
     let cell = rng.below(9);
     let s = dominant(scene, cell)?;
