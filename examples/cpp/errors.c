@@ -25,10 +25,21 @@ static int stop_now(const char *piece, void *user) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s LM.gguf MMPROJ.gguf\n", argv[0]);
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s LM.gguf MMPROJ.gguf FRAME.png\n", argv[0]);
         return 2;
     }
+    /* A frame of the kind the model was trained on, so that it writes text the callback can stop:
+     * on a flat grey frame and a one-letter question a small model may end its turn at once. */
+    static unsigned char frame[1 << 20];
+    size_t frame_len = 0;
+    FILE *f = fopen(argv[3], "rb");
+    if (!f) {
+        fprintf(stderr, "cannot open %s\n", argv[3]);
+        return 2;
+    }
+    frame_len = fread(frame, 1, sizeof frame, f);
+    fclose(f);
     AnatomyModel *model = NULL;
     AnatomySession *session = NULL;
     AnatomyResult *result = NULL;
@@ -87,7 +98,13 @@ int main(int argc, char **argv) {
     expect(anatomy_ask(session, &garbage, "q", NULL, 0, &gp, NULL, NULL, &result), ANATOMY_STATUS_IMAGE,
            "ask undecodable image");
     img.data = px;
-    expect(anatomy_ask(session, &img, "q", NULL, 0, &gp, stop_now, NULL, &result), ANATOMY_STATUS_OK, "ask rgb8");
+    expect(anatomy_ask(session, &img, "q", NULL, 0, &gp, NULL, NULL, &result), ANATOMY_STATUS_OK, "ask rgb8");
+    expect(anatomy_result_free(result), ANATOMY_STATUS_OK, "rgb8 result free");
+    AnatomyImage png = {ANATOMY_IMAGE_FORMAT_ENCODED, frame, frame_len, 0, 0, 0};
+    const char *options[] = {"Liver", "Gallbladder", "Omentum", "Abdominal Wall Cavity", "Cystic Plate", "Gut"};
+    expect(anatomy_ask(session, &png, "What anatomy is at the center of the frame ?", options, 6, &gp, stop_now,
+                       NULL, &result),
+           ANATOMY_STATUS_OK, "ask encoded frame");
     AnatomyFinishReason reason = ANATOMY_FINISH_REASON_STOP;
     expect(anatomy_result_finish_reason(result, &reason), ANATOMY_STATUS_OK, "finish reason");
     if (reason != ANATOMY_FINISH_REASON_CANCELLED) {

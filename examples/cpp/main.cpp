@@ -56,7 +56,8 @@ bool ask(const AnatomyModel* model, int thread, const std::vector<unsigned char>
     image.data = png.data();
     image.len = png.size();
     AnatomyGenParams params = anatomy_gen_params_default();
-    params.max_tokens = 32;
+    // The demo model describes the frame in about 55 tokens before it answers.
+    params.max_tokens = 96;
     Stream stream{thread, {}, 0};
     AnatomyResult* result = nullptr;
     bool ok = check(anatomy_ask(session, &image, question,
