@@ -29,9 +29,13 @@ SYNTH=(--size 224 --per-image 2 --balance --forms position,attribute --all-optio
 DATA=(--set "base=$OUT/base" --set "data=$OUT/data/train.json" --set "image_root=$OUT/data")
 # SFT in two runs at 168x168 (configs/demo-sft.toml: the target describes the frame cell by cell,
 # restates the asked cell, then answers): 1200 steps on the recipe's frames from scratch, then
-# 1500 at a fresh learning rate on 12000 fresh frames (each question seen about once).
+# 1500 at a fresh learning rate on 12000 fresh frames (each question seen about once). The fresh
+# frames are drawn on the second core while the first run trains on one.
+"$A" synth --out "$OUT/fresh" --count 12000 --seed 7 --holdout-fraction 0 --threads 1 --quiet \
+  "${SYNTH[@]}" &
+FRESH=$!
 train --config configs/demo-sft.toml "${DATA[@]}" --set "output_dir=$OUT/sft1"
-"$A" synth --out "$OUT/fresh" --count 12000 --seed 7 --holdout-fraction 0 "${SYNTH[@]}"
+wait "$FRESH"
 train --config configs/demo-sft.toml --set "base=$OUT/base" --set "data=$OUT/fresh/train.json" \
   --set "image_root=$OUT/fresh" --set optim.lr=0.001 --set optim.warmup_steps=20 \
   --set steps=1500 --set "init=$OUT/sft1/$(cat "$OUT/sft1/latest")" --set "output_dir=$OUT/sft2"

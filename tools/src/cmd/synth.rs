@@ -47,6 +47,10 @@ pub struct SynthArgs {
     /// as `questions.jsonl` with one PNG per colour.
     #[arg(long, value_name = "N")]
     colour_task: Option<usize>,
+    /// Worker threads (default: one per core). The output is the same for any number: a recipe
+    /// can write the next stage's frames on a core that training leaves free.
+    #[arg(long)]
+    threads: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -78,6 +82,11 @@ pub fn run(args: SynthArgs) -> Result<()> {
         balance: args.balance,
         instruction: args.instruction,
         all_options: args.all_options,
+        threads: match args.threads {
+            Some(0) => anyhow::bail!("--threads must be at least 1"),
+            Some(n) => n,
+            None => 0,
+        },
     };
     // Check before drawing a progress bar, so a bad flag gives only its message.
     config.validate()?;

@@ -74,6 +74,8 @@ pub struct SynthConfig {
     pub instruction: Option<String>,
     /// List all six classes as options, in a fixed order, instead of four shuffled ones.
     pub all_options: bool,
+    /// Worker threads; 0 means one per core. The output does not depend on it.
+    pub threads: usize,
 }
 
 impl Default for SynthConfig {
@@ -88,6 +90,7 @@ impl Default for SynthConfig {
             balance: false,
             instruction: None,
             all_options: false,
+            threads: 0,
         }
     }
 }
@@ -303,9 +306,11 @@ pub fn generate(
     let failed = AtomicBool::new(false);
     let results: Mutex<Vec<Option<Vec<Record>>>> = Mutex::new(vec![None; config.count]);
     let first_error: Mutex<Option<SynthError>> = Mutex::new(None);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(config.count);
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(config.count);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {

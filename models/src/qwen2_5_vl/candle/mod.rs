@@ -6,6 +6,8 @@
 //! - `vision`: the window-attention vision tower and patch merger ([`VisionTower`]).
 //! - `rotary`: M-RoPE and vision rotary cos/sin tables.
 //! - `ops`: RMSNorm, rotate-half rotary, softmax attention with grouped KV heads.
+//! - `fused`: attention's softmax, the rotary and RMSNorm as CPU custom ops with their own
+//!   backward passes (the trainer's step time).
 //! - `adapter`: LoRA adapters on the language model's linear layers, switchable as a whole.
 //! - `kv_cache`: the append-only per-layer KV [`Cache`].
 //! - `weights`: safetensors checkpoints (single or sharded, hub or transformers-5 key layout).
@@ -21,6 +23,7 @@ pub use candle_nn;
 
 pub mod adapter;
 pub mod error;
+pub mod fused;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;

@@ -1,13 +1,16 @@
 //! Building blocks shared by the vision tower and the language model: RMSNorm, rotate-half
 //! rotary application, softmax attention.
 //!
-//! Everything is composed from candle's elementary ops (no fused custom kernels) because those are
-//! the ones with backward passes; the trainer differentiates through this code. Half-precision
+//! Everything has a backward pass (the trainer differentiates through this code): candle's
+//! elementary ops, and on the CPU the custom ops of `fused` for the norm, the rotary and
+//! attention's softmax. Half-precision
 //! activations are widened to f32 for norms and softmax, as HF does; f32/f64 stay as they are so a
 //! f64 model can be checked against finite differences.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
+
+use super::fused::{rms_norm, rotary, scaled_masked_softmax};
 
 /// The dtype norms, softmax and rotary products are computed in for activations of `dtype`.
 pub fn compute_dtype(dtype: DType) -> DType {
@@ -37,13 +40,7 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let xf = x.to_dtype(compute_dtype(dtype))?;
-        let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv_rms = (mean_sq + self.eps)?.sqrt()?.recip()?;
-        xf.broadcast_mul(&inv_rms)?
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)
+        rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -57,7 +54,7 @@ pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
 
 /// `x * cos + rotate_half(x) * sin`, with `cos`/`sin` broadcast from the right.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
+    rotary(x, cos, sin)
 }
 
 /// Softmax over the last axis in the compute dtype, returned in the input dtype (HF eager).
@@ -85,18 +82,9 @@ pub fn attention(
     let lk = k.dim(2)?;
     let group = heads / kv_heads;
     let qg = q.contiguous()?.reshape((b, kv_heads, group * lq, d))?;
-    let scores = (qg.matmul(&k.t()?)? * scale)?.reshape((b, heads, lq, lk))?;
-    let scores = match mask {
-        Some(m) => {
-            let dtype = scores.dtype();
-            scores
-                .to_dtype(compute_dtype(dtype))?
-                .broadcast_add(m)?
-                .to_dtype(dtype)?
-        }
-        None => scores,
-    };
-    let probs = softmax_last(&scores)?.reshape((b, kv_heads, group * lq, lk))?;
+    let scores = qg.matmul(&k.t()?)?.reshape((b, heads, lq, lk))?;
+    let probs =
+        scaled_masked_softmax(&scores, mask, scale)?.reshape((b, kv_heads, group * lq, lk))?;
     probs.matmul(&v.contiguous()?)?.reshape((b, heads, lq, d))
 }
 

@@ -9,7 +9,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::error::{ModelError, Result as ModelResult};
-use super::ops::{apply_rotary, compute_dtype, softmax_last, RmsNorm};
+use super::fused::scaled_masked_softmax;
+use super::ops::{apply_rotary, compute_dtype, RmsNorm};
 use super::rotary::vision_tables;
 use super::text::Mlp;
 use crate::qwen2_5_vl::config::VisionConfig;
@@ -96,7 +97,7 @@ fn segmented_attention(
                 .reshape((heads, count, len, d))
         };
         let (qs, ks, vs) = (take(q)?, take(k)?, take(v)?);
-        let probs = softmax_last(&(qs.matmul(&ks.t()?)? * scale)?)?;
+        let probs = scaled_masked_softmax(&qs.matmul(&ks.t()?)?, None, scale)?;
         outs.push(probs.matmul(&vs)?.reshape((heads, count * len, d))?);
         i += count;
     }

@@ -1,0 +1,130 @@
+//! Candle custom ops with their own backward passes, on the CPU in f32 and f64, for the parts of
+//! the model whose composed form makes many tensors of the activations' size.
+//!
+//! Composed from elementary ops, each of these steps makes several full-size intermediates, and
+//! candle's backward makes a gradient for each (plus a zeroed buffer to accumulate it in). For the
+//! trainer's padded batches on a CPU that bookkeeping was most of a step's time outside the matrix
+//! products. Each op computes the same function as its composed form, which other devices and
+//! half-precision inputs still take; the tests check values and gradients against it.
+//!
+//! - `softmax`: attention's `softmax(scale * scores + mask)` over the last axis.
+//! - `rotary`: `x * cos + rotate_half(x) * sin`.
+//! - `rms_norm`: `x / rms(x) * weight`.
+
+mod rms_norm;
+mod rotary;
+mod softmax;
+
+pub use rms_norm::rms_norm;
+pub use rotary::rotary;
+pub use softmax::scaled_masked_softmax;
+
+use candle_core::{DType, Layout, Result, Tensor};
+
+/// Rows handed to one rayon task: enough work per task that scheduling stays negligible.
+const ROWS_PER_TASK: usize = 16;
+
+/// Whether `t` takes the fused path: CPU tensors in f32 or f64.
+fn fusable(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The element types the fused ops compute in.
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+{
+    const ZERO: Self;
+    const NEG_INFINITY: Self;
+    fn of(v: f64) -> Self;
+    fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// Where each row of a (possibly broadcast) operand lives in its storage, rows being all axes
+/// but the last, in the order of a contiguous tensor of the same shape.
+struct Rows {
+    start: usize,
+    /// Sizes and strides of the axes before the last, outermost first.
+    outer: Vec<(usize, usize)>,
+    col_stride: usize,
+}
+
+impl Rows {
+    fn new(l: &Layout) -> Self {
+        let dims = l.dims();
+        let strides = l.stride();
+        let last = dims.len().saturating_sub(1);
+        Rows {
+            start: l.start_offset(),
+            outer: dims[..last]
+                .iter()
+                .copied()
+                .zip(strides[..last].iter().copied())
+                .collect(),
+            col_stride: strides.get(last).copied().unwrap_or(1),
+        }
+    }
+
+    /// Offset of element 0 of row `row`.
+    fn start(&self, row: usize) -> usize {
+        let mut rest = row;
+        let mut off = self.start;
+        for &(size, stride) in self.outer.iter().rev() {
+            off += (rest % size) * stride;
+            rest /= size;
+        }
+        off
+    }
+}
+
+/// The elements of a contiguous operand, or an error naming the op.
+fn contiguous<'a, T>(s: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("{name}: input has to be contiguous"),
+    }
+}
+
+/// Length of the last axis (rows are split along it).
+fn last_dim(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1).max(1)
+}
+
+#[cfg(test)]
+mod tests;
