@@ -7,6 +7,7 @@
 
 use std::arch::x86_64::*;
 
+use super::dequant::scales_mins_k4;
 use super::types::GgmlType;
 
 /// The AVX2 result for `ty`, or `None` when this CPU lacks AVX2/FMA or `ty` has no AVX2 kernel.
@@ -107,26 +108,6 @@ unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
         acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc0);
     }
     hsum(_mm256_add_ps(acc0, acc1))
-}
-
-/// The eight 6-bit scales and mins of a k-quant super-block (`scales`: its 12 packed bytes), as
-/// one 16-byte value: scales in bytes 0..8, mins in 8..16. Worked on as four u32 words (the
-/// layout packs the top two bits of the first four of each into the high bits of bytes 0..8):
-/// ten word operations where byte by byte took about thirty, a third of the Q4_K block's
-/// instructions.
-#[inline(always)]
-pub(super) fn scales_mins_k4(q: &[u8]) -> [u32; 4] {
-    const LOW6: u32 = 0x3f3f_3f3f;
-    const LOW4: u32 = 0x0f0f_0f0f;
-    const LOW2: u32 = 0x0303_0303;
-    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
-    let (w0, w1, w2) = (word(0), word(1), word(2));
-    [
-        w0 & LOW6,
-        (w2 & LOW4) | (((w0 >> 6) & LOW2) << 4),
-        w1 & LOW6,
-        ((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4),
-    ]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -9,7 +9,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{f16_at, hsum, prefetch_ahead, scales_mins_k4};
+use super::avx2::{f16_at, hsum, prefetch_ahead};
+use super::dequant::scales_mins_k4;
 
 /// The AVX-512 result for `ty`, or `None` when this CPU lacks AVX-512 BW/VNNI or `ty` has no
 /// kernel here. `w` and `a` must hold the same number of blocks (surplus bytes are ignored,

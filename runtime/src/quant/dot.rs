@@ -3,7 +3,8 @@
 //! F32/F16/BF16), the pairing ggml's CPU backend uses, so activations are quantized once per row.
 //!
 //! The scalar code works on integer levels per sub-block and applies scales once per sub-block, as
-//! ggml's generic code does; [`vec_dot`] dispatches to `avx2` where the CPU has it.
+//! ggml's generic code does; [`vec_dot`] dispatches to `avx512` or `avx2` where the CPU has
+//! them, and to `neon` on aarch64.
 
 use super::dequant::{q3_k_scales, q5_values, q6_k_values, scale_min_k4};
 use super::types::{GgmlType, QK, QK_K};
@@ -32,10 +33,10 @@ pub fn vec_dot(
     a: &[u8],
 ) -> Result<f32, QuantError> {
     check(ty, act, n, w, a)?;
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if let Some(f) = simd_kernel(ty) {
-        // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected; `w` and
-        // `a` hold the same number of blocks (checked above).
+        // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected (NEON is
+        // part of the aarch64 base); `w` and `a` hold the same number of blocks (checked above).
         return Ok(unsafe { f(w, a) });
     }
     Ok(scalar(ty, w, a))
@@ -67,7 +68,7 @@ pub fn vec_dot_rows(
         return Ok(());
     };
     check(ty, act, n, first, a)?;
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if let Some(f) = simd_kernel(ty) {
         for (row, o) in w.chunks_exact(rb).zip(out.iter_mut()) {
             // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected; each
@@ -86,6 +87,12 @@ pub fn vec_dot_rows(
 #[cfg(target_arch = "x86_64")]
 fn simd_kernel(ty: GgmlType) -> Option<super::RowKernel> {
     super::avx512::kernel(ty).or_else(|| super::avx2::kernel(ty))
+}
+
+/// The NEON kernel for `ty` (NEON is part of the aarch64 base).
+#[cfg(target_arch = "aarch64")]
+fn simd_kernel(ty: GgmlType) -> Option<super::RowKernel> {
+    super::neon::kernel(ty)
 }
 
 /// `Σ w·a` with the portable reference kernels only.

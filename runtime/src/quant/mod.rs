@@ -8,8 +8,8 @@
 //!   `make_qx_quants`, reimplemented).
 //! - `dot`: scalar dot products of a weight row against its `vec_dot_type` activation row.
 //! - `avx2`: AVX2/FMA dot products for Q8_0, Q4_K and Q6_K, chosen at run time by [`dot::vec_dot`].
-//!   NEON paths for aarch64 are not written yet; aarch64 uses the scalar code.
 //! - `avx512`: AVX-512 BW/VNNI dot products for Q4_K, Q6_K and Q8_0, tried before the AVX2 ones.
+//! - `neon`: NEON dot products for Q8_0, Q4_K and Q6_K on aarch64.
 //! - `affine`: Q8_0, Q4_K and Q6_K rows as unsigned bytes with an affine map per group, the form
 //!   the CPU backend's int8 matrix-matrix kernel multiplies.
 //!
@@ -28,6 +28,8 @@ pub mod types;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 /// How far ahead of the block being read the x86 kernels prefetch, in bytes.
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx2::PREFETCH as PREFETCH_BYTES;
@@ -39,7 +41,7 @@ pub use types::{GgmlType, QK, QK_K};
 
 /// A dot-product kernel of one weight row with one activation row, built for CPU features that
 /// must be detected before it is called.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) type RowKernel = unsafe fn(&[u8], &[u8]) -> f32;
 
 /// Misuse of the row functions: a buffer whose length does not match the type's block geometry.

@@ -7,9 +7,11 @@
 //! one vector of 16 rows' pairs; each weight row's pair is broadcast from its tile row. Eight
 //! weight rows by 32 activation rows (16 accumulators) per pass over `k`, four passes per block.
 
+#[cfg(target_arch = "x86_64")]
 use super::amx::{BLOCK, TILE, TK, TR};
 
 /// Weight rows per pass.
+#[cfg(target_arch = "x86_64")]
 const R: usize = 8;
 
 /// Whether this CPU runs [`kernel`].

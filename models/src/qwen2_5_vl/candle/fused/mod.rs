@@ -24,9 +24,12 @@ use candle_core::{DType, Layout, Result, Tensor};
 /// Rows handed to one rayon task: enough work per task that scheduling stays negligible.
 const ROWS_PER_TASK: usize = 16;
 
-/// Whether `t` takes the fused path: CPU tensors in f32 or f64.
+/// Whether `t` takes the fused path: CPU tensors in f32 or f64, unless `ANATOMY_FUSED=0` (the
+/// composed ops, as a baseline for the speed-up and a check when a run looks wrong).
 fn fusable(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("ANATOMY_FUSED").is_ok_and(|v| v == "0"));
+    !off && t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }
 
 /// The element types the fused ops compute in.
