@@ -126,22 +126,6 @@ pub trait Backend: Send + Sync + 'static {
         rows: usize,
         out: &mut Self::Buffer,
     ) -> Result<(), BackendError>;
-    /// `outs[j] = x · ws[j]ᵀ` for matrices that read the same input (q/k/v, gate/up). A backend
-    /// may run them as one kernel (the CPU backend does for one row: one quantization of `x`,
-    /// one parallel loop over all their rows); by default they are `N` matmuls.
-    fn matmul_shared<const N: usize>(
-        &self,
-        ws: &mut Self::Workspace,
-        mats: [&Self::Matrix; N],
-        x: &Self::Buffer,
-        rows: usize,
-        outs: [&mut Self::Buffer; N],
-    ) -> Result<(), BackendError> {
-        for (w, out) in mats.into_iter().zip(outs) {
-            self.matmul(ws, w, x, rows, out)?;
-        }
-        Ok(())
-    }
     /// Rows `ids` of a (possibly quantized) embedding table, decoded into `out[i, :]`.
     fn embed(
         &self,

@@ -130,59 +130,6 @@ pub(super) fn matmul(
     Ok(())
 }
 
-/// Whether [`matvec_shared`] takes these matrices: quantized, with one activation type and one
-/// input width.
-pub(super) fn shares_activations(mats: &[&CpuMatrix]) -> bool {
-    let Some(first) = mats.first() else {
-        return false;
-    };
-    let quantized = |w: &CpuMatrix| !matches!(w.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
-    mats.iter().all(|w| {
-        quantized(w) && w.cols == first.cols && w.ty.vec_dot_type() == first.ty.vec_dot_type()
-    })
-}
-
-/// One-row products of matrices that read the same input (see [`shares_activations`]): the row
-/// is quantized once and a single parallel loop covers all their rows, where separate products
-/// would quantize it and wake the pool once each (q/k/v and gate/up: five of a decoder layer's
-/// seven products, each of k and v only a few tasks long at 3B).
-pub(super) fn matvec_shared<const N: usize>(
-    ws: &mut CpuWorkspace,
-    mats: [&CpuMatrix; N],
-    x: &[f32],
-    mut outs: [&mut [f32]; N],
-) -> Result<(), BackendError> {
-    let Some(first) = mats.first() else {
-        return Ok(());
-    };
-    let k = first.cols;
-    let vt = first.ty.vec_dot_type();
-    let arb = vt.bytes_for(k as u64).unwrap_or(0) as usize;
-    let err = |w: &CpuMatrix| {
-        let name = format!("{}x{} {} matrix", w.rows, w.cols, w.ty);
-        move |source| BackendError::Quant {
-            tensor: name,
-            source,
-        }
-    };
-    quantize_row(vt, &x[..k], &mut ws.quantized[..arb]).map_err(err(first))?;
-    let q = &ws.quantized[..arb];
-    outs.par_iter_mut()
-        .zip(mats.par_iter())
-        .flat_map(|(out, w)| {
-            let per = rows_per_task(w.rows);
-            out[..w.rows]
-                .par_chunks_mut(per)
-                .enumerate()
-                .map(move |(c, o)| (*w, c * per, o))
-        })
-        .try_for_each(|(w, j0, o)| {
-            let rb = w.row_bytes;
-            let rows = &w.bytes()[j0 * rb..(j0 + o.len()) * rb];
-            vec_dot_rows(w.ty, k, rows, vt, q, o).map_err(err(w))
-        })
-}
-
 /// `out[i * m + j] = t[j * n + i]`: the transposed product back in activation-row order, 16
 /// output rows per task so each read is a whole cache line and the writes stay in L1.
 fn transpose_into(t: &[f32], m: usize, n: usize, out: &mut [f32]) {

@@ -105,7 +105,6 @@ pub struct CpuBackend {
     amx: Option<amx::Bf16>,
     avx512_bf16: Option<amx::Bf16>,
     int8: bool,
-    shared: bool,
 }
 
 impl CpuBackend {
@@ -123,16 +122,7 @@ impl CpuBackend {
             amx: amx::available(),
             avx512_bf16: amx::avx512_bf16(),
             int8: std::env::var("ANATOMY_INT8").map_or(true, |v| v.trim() != "0"),
-            shared: std::env::var("ANATOMY_SHARED_MATVEC").map_or(true, |v| v.trim() != "0"),
         })
-    }
-
-    /// The same backend with one-row products of matrices that share their input (q/k/v,
-    /// gate/up) run as one parallel loop, or as one loop each (`ANATOMY_SHARED_MATVEC=0` turns
-    /// the default off process-wide): a baseline for decode benchmarks in the same run.
-    pub fn with_shared_matvec(mut self, on: bool) -> Self {
-        self.shared = on;
-        self
     }
 
     /// The same backend with the AMX tile kernels for many-row products on or off (on only where
@@ -342,24 +332,6 @@ impl Backend for CpuBackend {
     ) -> Result<(), BackendError> {
         let kernel = self.many_rows(w.ty);
         self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0, kernel))
-    }
-
-    fn matmul_shared<const N: usize>(
-        &self,
-        ws: &mut CpuWorkspace,
-        mats: [&CpuMatrix; N],
-        x: &CpuBuffer,
-        rows: usize,
-        outs: [&mut CpuBuffer; N],
-    ) -> Result<(), BackendError> {
-        if rows == 1 && self.shared && matmul::shares_activations(&mats) {
-            let outs = outs.map(|b| b.0.as_mut_slice());
-            return self.install(|| matmul::matvec_shared(ws, mats, &x.0, outs));
-        }
-        for (w, out) in mats.into_iter().zip(outs) {
-            self.matmul(ws, w, x, rows, out)?;
-        }
-        Ok(())
     }
 
     fn embed(

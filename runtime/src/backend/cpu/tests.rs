@@ -310,66 +310,6 @@ fn matmul_one_and_many_rows_agree_with_dequantized_weights() {
     }
 }
 
-/// `matmul_shared` of one row gives exactly the separate products (the same dot kernels on the
-/// same quantized row), for matrices of different heights and types that share an activation type,
-/// and falls back for those that do not; many rows take the separate products.
-#[test]
-fn shared_input_products_equal_separate_ones() {
-    let cols = 512;
-    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let tall = matrix_file(
-        d1.path(),
-        &rand_vec(300 * cols, 11),
-        300,
-        cols,
-        &[GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::F16],
-    );
-    let short = matrix_file(
-        d2.path(),
-        &rand_vec(24 * cols, 12),
-        24,
-        cols,
-        &[GgmlType::Q6_K, GgmlType::Q8_0],
-    );
-    let m =
-        |f: &Arc<GgufFile>, t: GgmlType, b: &CpuBackend| b.matrix(f, &format!("w.{t}")).unwrap();
-    for shared in [true, false] {
-        let b = CpuBackend::new(Some(2)).unwrap().with_shared_matvec(shared);
-        for rows in [1, 3] {
-            let mut ws = b.workspace(WorkspaceSpec {
-                rows,
-                cols,
-                keys: 1,
-                heads: 1,
-            });
-            let x = CpuBuffer(rand_vec(rows * cols, 13));
-            // Q4_K and Q6_K both pair with Q8_K: one loop. Q8_0 with F16: separate products.
-            for (a, c) in [
-                (m(&tall, GgmlType::Q4_K, &b), m(&short, GgmlType::Q6_K, &b)),
-                (m(&tall, GgmlType::Q8_0, &b), m(&short, GgmlType::Q8_0, &b)),
-                (m(&tall, GgmlType::F16, &b), m(&short, GgmlType::Q8_0, &b)),
-            ] {
-                let (mut ya, mut yc) = (b.alloc(rows * 300), b.alloc(rows * 24));
-                b.matmul_shared(&mut ws, [&a, &c], &x, rows, [&mut ya, &mut yc])
-                    .unwrap();
-                let (mut wa, mut wc) = (b.alloc(rows * 300), b.alloc(rows * 24));
-                b.matmul(&mut ws, &a, &x, rows, &mut wa).unwrap();
-                b.matmul(&mut ws, &c, &x, rows, &mut wc).unwrap();
-                assert_eq!(ya.0, wa.0, "{} shared={shared} rows={rows}", a.ty);
-                assert_eq!(yc.0, wc.0, "{} shared={shared} rows={rows}", c.ty);
-                assert!(ya.0.iter().any(|&v| v != 0.0));
-            }
-        }
-    }
-    let (q4, q6, q8) = (
-        m(&tall, GgmlType::Q4_K, &CpuBackend::new(Some(1)).unwrap()),
-        m(&short, GgmlType::Q6_K, &CpuBackend::new(Some(1)).unwrap()),
-        m(&short, GgmlType::Q8_0, &CpuBackend::new(Some(1)).unwrap()),
-    );
-    assert!(super::matmul::shares_activations(&[&q4, &q6]));
-    assert!(!super::matmul::shares_activations(&[&q4, &q8]));
-}
-
 #[test]
 fn norms_rotary_and_activations() {
     let b = CpuBackend::new(Some(1)).unwrap();
