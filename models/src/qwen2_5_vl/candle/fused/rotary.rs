@@ -79,7 +79,7 @@ impl CustomOp3 for Rotary {
     ) -> Result<(CpuStorage, Shape)> {
         let n = last_dim(l1);
         let name = self.name();
-        if n % 2 != 0 {
+        if !n.is_multiple_of(2) {
             candle_core::bail!("{name}: the last axis ({n}) must be even");
         }
         let out = match (s1, s2, s3) {
