@@ -19,7 +19,8 @@ pub use rms_norm::rms_norm;
 pub use rotary::rotary;
 pub use softmax::scaled_masked_softmax;
 
-use candle_core::{DType, Layout, Result, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
 /// Rows handed to one rayon task: enough work per task that scheduling stays negligible.
 const ROWS_PER_TASK: usize = 16;
@@ -49,6 +50,9 @@ trait Real:
     fn of(v: f64) -> Self;
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
+    /// The elements of `s` when it holds this type.
+    fn elements(s: &CpuStorage) -> Option<&[Self]>;
+    fn storage(v: Vec<Self>) -> CpuStorage;
 }
 
 impl Real for f32 {
@@ -62,6 +66,15 @@ impl Real for f32 {
     }
     fn sqrt(self) -> Self {
         f32::sqrt(self)
+    }
+    fn elements(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn storage(v: Vec<Self>) -> CpuStorage {
+        CpuStorage::F32(v)
     }
 }
 
@@ -77,6 +90,43 @@ impl Real for f64 {
     fn sqrt(self) -> Self {
         f64::sqrt(self)
     }
+    fn elements(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn storage(v: Vec<Self>) -> CpuStorage {
+        CpuStorage::F64(v)
+    }
+}
+
+/// The CPU computation of a fused op (or of its backward), written once for both element types.
+trait Kernel {
+    /// The op's name in candle's errors.
+    const NAME: &'static str;
+    /// `inputs`: each operand's elements and layout, all of one element type.
+    fn compute<T: Real>(&self, inputs: &[(&[T], &Layout)]) -> Result<Vec<T>>;
+}
+
+/// Runs `k` on operands of one dtype, f32 or f64.
+fn run<K: Kernel>(k: &K, inputs: &[(&CpuStorage, &Layout)]) -> Result<CpuStorage> {
+    match inputs.first().map(|(s, _)| s.dtype()) {
+        Some(DType::F32) => run_as::<f32, K>(k, inputs),
+        Some(DType::F64) => run_as::<f64, K>(k, inputs),
+        other => candle_core::bail!("{}: unsupported dtype {other:?}", K::NAME),
+    }
+}
+
+fn run_as<T: Real, K: Kernel>(k: &K, inputs: &[(&CpuStorage, &Layout)]) -> Result<CpuStorage> {
+    let xs = inputs
+        .iter()
+        .map(|&(s, l)| match T::elements(s) {
+            Some(v) => Ok((v, l)),
+            None => candle_core::bail!("{}: operands of different dtypes", K::NAME),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(T::storage(k.compute(&xs)?))
 }
 
 /// Where each row of a (possibly broadcast) operand lives in its storage, rows being all axes

@@ -2,11 +2,10 @@
 //! gives both gradients: `dx = r * g - x * r^3 * mean(g * x)` with `g = dy * w`, and
 //! `dw = sum over rows of dy * x * r`.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{contiguous, fusable, last_dim, Real, ROWS_PER_TASK};
+use super::{contiguous, fusable, last_dim, run, Kernel, Real, ROWS_PER_TASK};
 
 /// `x / sqrt(mean(x^2, last axis) + eps) * weight`; `weight` has the size of the last axis.
 /// Half-precision inputs take the composed path (HF's order: normalise in f32, cast back, scale).
@@ -93,9 +92,32 @@ fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> Vec<T> {
     out
 }
 
+impl Kernel for RmsNorm {
+    const NAME: &'static str = "rms-norm";
+
+    fn compute<T: Real>(&self, inputs: &[(&[T], &Layout)]) -> Result<Vec<T>> {
+        let [(x, lx), (w, lw)] = inputs else {
+            candle_core::bail!("{}: two operands expected", Self::NAME);
+        };
+        if last_dim(lx) != lw.shape().elem_count() {
+            candle_core::bail!(
+                "{}: weight {:?} for input {:?}",
+                Self::NAME,
+                lw.dims(),
+                lx.dims()
+            );
+        }
+        let (x, w) = (
+            contiguous(x, lx, Self::NAME)?,
+            contiguous(w, lw, Self::NAME)?,
+        );
+        Ok(forward(x, w, self.eps))
+    }
+}
+
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
-        "rms-norm"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -105,30 +127,7 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        if last_dim(l1) != l2.shape().elem_count() {
-            candle_core::bail!("{name}: weight {:?} for input {:?}", l2.dims(), l1.dims());
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(forward(
-                contiguous(x, l1, name)?,
-                contiguous(w, l2, name)?,
-                self.eps,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(forward(
-                contiguous(x, l1, name)?,
-                contiguous(w, l2, name)?,
-                self.eps,
-            )),
-            (x, w) => {
-                candle_core::bail!(
-                    "{name}: unsupported dtypes {:?} and {:?}",
-                    x.dtype(),
-                    w.dtype()
-                )
-            }
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((run(self, &[(s1, l1), (s2, l2)])?, l1.shape().clone()))
     }
 
     fn bwd(
@@ -152,9 +151,22 @@ struct RmsNormGrad {
     eps: f64,
 }
 
+impl Kernel for RmsNormGrad {
+    const NAME: &'static str = "rms-norm-grad";
+
+    fn compute<T: Real>(&self, inputs: &[(&[T], &Layout)]) -> Result<Vec<T>> {
+        let [(x, lx), (w, lw), (g, lg)] = inputs else {
+            candle_core::bail!("{}: three operands expected", Self::NAME);
+        };
+        let x = contiguous(x, lx, Self::NAME)?;
+        let w = contiguous(w, lw, Self::NAME)?;
+        Ok(backward(x, w, contiguous(g, lg, Self::NAME)?, self.eps))
+    }
+}
+
 impl candle_core::CustomOp3 for RmsNormGrad {
     fn name(&self) -> &'static str {
-        "rms-norm-grad"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -166,28 +178,9 @@ impl candle_core::CustomOp3 for RmsNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
         let n = l2.shape().elem_count();
         let rows = l1.shape().elem_count() / n.max(1);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
-                CpuStorage::F32(backward(
-                    contiguous(x, l1, name)?,
-                    contiguous(w, l2, name)?,
-                    contiguous(g, l3, name)?,
-                    self.eps,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
-                CpuStorage::F64(backward(
-                    contiguous(x, l1, name)?,
-                    contiguous(w, l2, name)?,
-                    contiguous(g, l3, name)?,
-                    self.eps,
-                ))
-            }
-            (x, _, _) => candle_core::bail!("{name}: unsupported dtype {:?}", x.dtype()),
-        };
+        let out = run(self, &[(s1, l1), (s2, l2), (s3, l3)])?;
         Ok((out, Shape::from((rows + 1, n))))
     }
 }

@@ -2,11 +2,10 @@
 //! `i + d/2`), for the language model's M-RoPE and the vision tower's 2D rotary. The backward
 //! applies the transposed rotation: `dx = dy * cos + rotate_half^T(dy * sin)`.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous, fusable, last_dim, Real, Rows, ROWS_PER_TASK};
+use super::{contiguous, fusable, last_dim, run, Kernel, Real, Rows, ROWS_PER_TASK};
 use crate::qwen2_5_vl::candle::ops::rotate_half;
 
 /// `x * cos + rotate_half(x) * sin`, with `cos`/`sin` broadcast from the right.
@@ -63,9 +62,25 @@ fn apply<T: Real>(
     out
 }
 
+impl Kernel for Rotary {
+    const NAME: &'static str = "rotary";
+
+    fn compute<T: Real>(&self, inputs: &[(&[T], &Layout)]) -> Result<Vec<T>> {
+        let [(x, lx), cos, sin] = inputs else {
+            candle_core::bail!("{}: three operands expected", Self::NAME);
+        };
+        let n = last_dim(lx);
+        if !n.is_multiple_of(2) {
+            candle_core::bail!("{}: the last axis ({n}) must be even", Self::NAME);
+        }
+        let x = contiguous(x, lx, Self::NAME)?;
+        Ok(apply(x, n, *cos, *sin, self.transpose))
+    }
+}
+
 impl CustomOp3 for Rotary {
     fn name(&self) -> &'static str {
-        "rotary"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -77,33 +92,7 @@ impl CustomOp3 for Rotary {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let n = last_dim(l1);
-        let name = self.name();
-        if !n.is_multiple_of(2) {
-            candle_core::bail!("{name}: the last axis ({n}) must be even");
-        }
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(c), CpuStorage::F32(s)) => CpuStorage::F32(apply(
-                contiguous(x, l1, name)?,
-                n,
-                (c, l2),
-                (s, l3),
-                self.transpose,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(c), CpuStorage::F64(s)) => CpuStorage::F64(apply(
-                contiguous(x, l1, name)?,
-                n,
-                (c, l2),
-                (s, l3),
-                self.transpose,
-            )),
-            (x, c, s) => candle_core::bail!(
-                "{name}: unsupported dtypes {:?}, {:?}, {:?}",
-                x.dtype(),
-                c.dtype(),
-                s.dtype()
-            ),
-        };
+        let out = run(self, &[(s1, l1), (s2, l2), (s3, l3)])?;
         Ok((out, l1.shape().clone()))
     }
 

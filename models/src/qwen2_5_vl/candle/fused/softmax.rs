@@ -1,11 +1,10 @@
 //! Attention's `softmax(scale * scores + mask)` over the last axis; the backward is
 //! `dx = scale * y * (dy - sum(dy * y))`. The scores are the largest tensors of a training step.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous, fusable, last_dim, Real, Rows, ROWS_PER_TASK};
+use super::{contiguous, fusable, last_dim, run, Kernel, Real, Rows, ROWS_PER_TASK};
 use crate::qwen2_5_vl::candle::ops::{compute_dtype, softmax_last};
 
 /// `softmax(scale * scores + mask)` over the last axis; `mask` is additive and broadcastable to
@@ -81,24 +80,28 @@ fn forward<T: Real>(scores: &[T], n: usize, scale: f64, mask: Option<(&[T], &Lay
     out
 }
 
+impl Kernel for FusedSoftmax {
+    const NAME: &'static str = "scaled-masked-softmax";
+
+    fn compute<T: Real>(&self, inputs: &[(&[T], &Layout)]) -> Result<Vec<T>> {
+        let (s, l) = inputs[0];
+        let scores = contiguous(s, l, Self::NAME)?;
+        Ok(forward(
+            scores,
+            last_dim(l),
+            self.scale,
+            inputs.get(1).copied(),
+        ))
+    }
+}
+
 impl CustomOp1 for FusedSoftmax {
     fn name(&self) -> &'static str {
-        "scaled-softmax"
+        Self::NAME
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let n = last_dim(l);
-        let name = "scaled-softmax";
-        let out = match s {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(forward(contiguous(v, l, name)?, n, self.scale, None))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(forward(contiguous(v, l, name)?, n, self.scale, None))
-            }
-            other => candle_core::bail!("{name}: unsupported dtype {:?}", other.dtype()),
-        };
-        Ok((out, l.shape().clone()))
+        Ok((run(self, &[(s, l)])?, l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -108,7 +111,7 @@ impl CustomOp1 for FusedSoftmax {
 
 impl CustomOp2 for FusedSoftmax {
     fn name(&self) -> &'static str {
-        "scaled-masked-softmax"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -118,27 +121,7 @@ impl CustomOp2 for FusedSoftmax {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let n = last_dim(l1);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(m)) => CpuStorage::F32(forward(
-                contiguous(a, l1, "scaled-masked-softmax")?,
-                n,
-                self.scale,
-                Some((m, l2)),
-            )),
-            (CpuStorage::F64(a), CpuStorage::F64(m)) => CpuStorage::F64(forward(
-                contiguous(a, l1, "scaled-masked-softmax")?,
-                n,
-                self.scale,
-                Some((m, l2)),
-            )),
-            (a, m) => candle_core::bail!(
-                "scaled-masked-softmax: unsupported dtypes {:?} and {:?}",
-                a.dtype(),
-                m.dtype()
-            ),
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((run(self, &[(s1, l1), (s2, l2)])?, l1.shape().clone()))
     }
 
     fn bwd(
@@ -183,9 +166,24 @@ fn backward<T: Real>(y: &[T], dy: &[T], n: usize, scale: f64) -> Vec<T> {
     out
 }
 
+impl Kernel for SoftmaxGrad {
+    const NAME: &'static str = "scaled-softmax-grad";
+
+    fn compute<T: Real>(&self, inputs: &[(&[T], &Layout)]) -> Result<Vec<T>> {
+        let [(y, ly), (g, lg)] = inputs else {
+            candle_core::bail!("{}: two operands expected", Self::NAME);
+        };
+        let (y, g) = (
+            contiguous(y, ly, Self::NAME)?,
+            contiguous(g, lg, Self::NAME)?,
+        );
+        Ok(backward(y, g, last_dim(ly), self.scale))
+    }
+}
+
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
-        "scaled-softmax-grad"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -195,29 +193,6 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let n = last_dim(l1);
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(backward(
-                contiguous(y, l1, name)?,
-                contiguous(g, l2, name)?,
-                n,
-                self.scale,
-            )),
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(backward(
-                contiguous(y, l1, name)?,
-                contiguous(g, l2, name)?,
-                n,
-                self.scale,
-            )),
-            (a, b) => {
-                candle_core::bail!(
-                    "{name}: unsupported dtypes {:?} and {:?}",
-                    a.dtype(),
-                    b.dtype()
-                )
-            }
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((run(self, &[(s1, l1), (s2, l2)])?, l1.shape().clone()))
     }
 }
