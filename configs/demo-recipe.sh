@@ -2,8 +2,9 @@
 # The demo model's recipe, end to end, with our own code only: synthetic scenes, a random-weight
 # base, supervised warm start, GRPO with ASCL and GDQA, export to GGUF, evaluation on the held-out
 # scenes, and the sample frames shipped beside the model. Run from the repository root after
-# `cargo build --release -p anatomy-cli`; it took 31 min 32 s alone on a 2-vCPU VM with one
-# training thread (README), and scored 0.956 on the held-out questions. The result replaces
+# `cargo build --release -p anatomy-cli`; alone on a 2-vCPU VM with one training thread it took
+# 31 min 32 s and, run again, 28 min 50 s with identical results (README), and scored 0.956 on the
+# held-out questions. The result replaces
 # demo/anatomy-demo.gguf, demo/anatomy-demo-mmproj.gguf and demo/samples/.
 #
 # Training runs on one thread (`train` below). This model's ops are small: with one example at a
