@@ -293,24 +293,14 @@ mod tests {
                 "q8_0 n={n}: {got} vs {want}"
             );
         }
-        for seed in 0..40u64 {
-            let n = 256 * (1 + seed as usize % 43);
-            let mut x = vals(n, 2 * seed + 1);
-            let mut a = vals(n, 2 * seed + 2);
-            x[(seed as usize * 37) % n] = 9.0;
-            a[(seed as usize * 53) % n] = -7.0;
-            for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
-                let w = quantize_to_vec(ty, &x).unwrap();
-                let act = quantize_to_vec(ty.vec_dot_type(), &a).unwrap();
-                let want = vec_dot_scalar(ty, n, &w, ty.vec_dot_type(), &act).unwrap();
-                let got = super::vec_dot(ty, &w, &act).unwrap();
-                let avx2 = super::super::avx2::vec_dot(ty, &w, &act).unwrap();
-                for (what, v) in [("avx512", got), ("avx2", avx2)] {
-                    assert!(
-                        (v - want).abs() <= 1e-5 * want.abs().max(1.0),
-                        "{ty} {what} n={n} seed {seed}: {v} vs {want}"
-                    );
-                }
+        for (ty, n, w, act, want) in super::super::kernel_cases() {
+            let got = super::vec_dot(ty, &w, &act).unwrap();
+            let avx2 = super::super::avx2::vec_dot(ty, &w, &act).unwrap();
+            for (what, v) in [("avx512", got), ("avx2", avx2)] {
+                assert!(
+                    (v - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{ty} {what} n={n}: {v} vs {want}"
+                );
             }
         }
     }

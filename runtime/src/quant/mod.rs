@@ -119,6 +119,26 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
     }
 }
 
+/// The rows the vector kernels' tests check against the scalar kernels: for 40 seeds, rows of
+/// 256 to 11008 values with one extreme level each side, as `(type, n, weights, activations,
+/// scalar result)` for Q4_K, Q6_K and Q8_0.
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) fn kernel_cases() -> impl Iterator<Item = (GgmlType, usize, Vec<u8>, Vec<u8>, f32)> {
+    (0..40u64).flat_map(|seed| {
+        let n = 256 * (1 + seed as usize % 43);
+        let mut x = test_values::xorshift_values(n, 2 * seed + 1);
+        let mut a = test_values::xorshift_values(n, 2 * seed + 2);
+        x[(seed as usize * 37) % n] = 9.0;
+        a[(seed as usize * 53) % n] = -7.0;
+        [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0].map(|ty| {
+            let w = quantize::quantize_to_vec(ty, &x).unwrap();
+            let act = quantize::quantize_to_vec(ty.vec_dot_type(), &a).unwrap();
+            let want = vec_dot_scalar(ty, n, &w, ty.vec_dot_type(), &act).unwrap();
+            (ty, n, w, act, want)
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     /// The magic-number rounding equals round-half-even on ties, near the range limit and past it.

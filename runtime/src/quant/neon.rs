@@ -175,32 +175,20 @@ unsafe fn q6_k(w: &[u8], a: &[u8]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::quantize::quantize_to_vec;
     use super::super::{vec_dot, vec_dot_scalar, GgmlType};
 
     /// The kernels against the scalar reference on rows with extreme levels, and `vec_dot`
     /// choosing them.
     #[test]
     fn kernels_match_the_scalar_ones() {
-        let vals = super::super::test_values::xorshift_values;
-        for seed in 0..40u64 {
-            let n = 256 * (1 + seed as usize % 43);
-            let mut x = vals(n, 2 * seed + 1);
-            let mut a = vals(n, 2 * seed + 2);
-            x[(seed as usize * 37) % n] = 9.0;
-            a[(seed as usize * 53) % n] = -7.0;
-            for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
-                let w = quantize_to_vec(ty, &x).unwrap();
-                let act = quantize_to_vec(ty.vec_dot_type(), &a).unwrap();
-                let want = vec_dot_scalar(ty, n, &w, ty.vec_dot_type(), &act).unwrap();
-                let got = super::vec_dot(ty, &w, &act).unwrap();
-                let chosen = vec_dot(ty, n, &w, ty.vec_dot_type(), &act).unwrap();
-                for (what, v) in [("neon", got), ("vec_dot", chosen)] {
-                    assert!(
-                        (v - want).abs() <= 1e-5 * want.abs().max(1.0),
-                        "{ty} {what} n={n} seed {seed}: {v} vs {want}"
-                    );
-                }
+        for (ty, n, w, act, want) in super::super::kernel_cases() {
+            let got = super::vec_dot(ty, &w, &act).unwrap();
+            let chosen = vec_dot(ty, n, &w, ty.vec_dot_type(), &act).unwrap();
+            for (what, v) in [("neon", got), ("vec_dot", chosen)] {
+                assert!(
+                    (v - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{ty} {what} n={n}: {v} vs {want}"
+                );
             }
         }
     }

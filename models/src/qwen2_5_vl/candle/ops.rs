@@ -3,9 +3,8 @@
 //!
 //! Everything has a backward pass (the trainer differentiates through this code): candle's
 //! elementary ops, and on the CPU the custom ops of `fused` for the norm, the rotary and
-//! attention's softmax. Half-precision
-//! activations are widened to f32 for norms and softmax, as HF does; f32/f64 stay as they are so a
-//! f64 model can be checked against finite differences.
+//! attention's softmax. Half-precision activations are widened to f32 for norms and softmax, as
+//! HF does; f32/f64 stay as they are so a f64 model can be checked against finite differences.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};

@@ -43,22 +43,22 @@ struct FusedSoftmax {
 fn forward<T: Real>(scores: &[T], n: usize, scale: f64, mask: Option<(&[T], &Layout)>) -> Vec<T> {
     let mut out = vec![T::ZERO; scores.len()];
     let scale = T::of(scale);
-    let row_offsets = mask.map(|(_, l)| Rows::new(l));
+    let mask = mask.map(|(m, l)| (m, Rows::new(l)));
     out.par_chunks_mut(n * ROWS_PER_TASK)
         .zip(scores.par_chunks(n * ROWS_PER_TASK))
         .enumerate()
         .for_each(|(task, (dst, src))| {
             for (i, (d, s)) in dst.chunks_mut(n).zip(src.chunks(n)).enumerate() {
                 let row = task * ROWS_PER_TASK + i;
-                match (mask, &row_offsets) {
-                    (Some((m, _)), Some(rows)) => {
+                match &mask {
+                    Some((m, rows)) => {
                         let base = rows.start(row);
                         let stride = rows.col_stride;
                         for (j, (dv, &sv)) in d.iter_mut().zip(s).enumerate() {
                             *dv = sv * scale + m[base + j * stride];
                         }
                     }
-                    _ => {
+                    None => {
                         for (dv, &sv) in d.iter_mut().zip(s) {
                             *dv = sv * scale;
                         }
