@@ -1,10 +1,12 @@
-//! Throughput of the weight-row dot-product kernels (`anatomy_runtime::quant::vec_dot`, the
-//! dispatching entry: AVX2/FMA where the CPU has it) per storage type, at the row lengths of
-//! Qwen2.5-VL's matrices (2048: the 3B hidden size; 11008: the 3B FFN width), over a ~64 MB
-//! weight matrix so that every iteration streams the weights from DRAM as a matrix-vector
-//! product does. Throughput is in bytes of weights read; `memory_read` sums a buffer of the same
-//! size in the same run with the runtime's bandwidth probe (`backend::cpu::bandwidth`), the
-//! ceiling a kernel that only reads memory could reach on this machine.
+//! Throughput of the weight-row dot-product kernels (`anatomy_runtime::quant::vec_dot_rows`, the
+//! entry a decode step's matrix-vector products take: AVX-512 VNNI or AVX2/FMA where the CPU has
+//! them) per storage type, at the row lengths of Qwen2.5-VL's matrices (2048: the 3B hidden size;
+//! 11008: the 3B FFN width). Two matrix sizes: ~64 MB, so that every iteration streams the
+//! weights from DRAM as a matrix-vector product does (`dram`), and 256 KB, which stays in L2 and
+//! shows what the kernel itself can do (`l2`). Throughput is in bytes of weights read;
+//! `memory_read` sums a buffer of the DRAM size in the same run with the runtime's bandwidth
+//! probe (`backend::cpu::bandwidth`), the ceiling a kernel that only reads memory could reach on
+//! this machine.
 //!
 //! `cargo bench --bench quant_dot` (add `-- --quick` for a short run).
 
@@ -14,11 +16,13 @@ use std::time::Duration;
 use anatomy_runtime::backend::cpu::bandwidth::read_sum;
 use anatomy_runtime::quant::quantize::quantize_to_vec;
 use anatomy_runtime::quant::test_values::xorshift_values;
-use anatomy_runtime::quant::{vec_dot, GgmlType};
+use anatomy_runtime::quant::{vec_dot_rows, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-/// Weight bytes per benchmark: far beyond L2 and any L3 of the machines we target.
+/// Weight bytes per DRAM benchmark: far beyond L2 and any L3 of the machines we target.
 const MATRIX_BYTES: usize = 64 << 20;
+/// Weight bytes per in-cache benchmark: inside the L2 of the machines we target.
+const CACHED_BYTES: usize = 256 << 10;
 /// Distinct rows actually quantized; the matrix repeats them, since what the kernels take time on
 /// does not depend on the values and quantizing 64 MB per type would dominate the run.
 const UNIQUE_ROWS: usize = 64;
@@ -32,13 +36,13 @@ const TYPES: [GgmlType; 6] = [
     GgmlType::Q6_K,
 ];
 
-/// A matrix of `MATRIX_BYTES` (rounded down to whole rows) of `ty` rows of length `n`, and an
+/// A matrix of `bytes` (rounded down to whole rows) of `ty` rows of length `n`, and an
 /// activation row in the type the kernel pairs with it.
-fn setup(ty: GgmlType, n: usize) -> (Vec<u8>, usize, Vec<u8>) {
+fn setup(ty: GgmlType, n: usize, bytes: usize) -> (Vec<u8>, usize, Vec<u8>) {
     let row_bytes = ty.bytes_for(n as u64).expect("whole blocks") as usize;
     let unique =
         quantize_to_vec(ty, &xorshift_values(n * UNIQUE_ROWS, 7)).expect("quantize weights");
-    let rows = MATRIX_BYTES / row_bytes;
+    let rows = bytes / row_bytes;
     let mut matrix = Vec::with_capacity(rows * row_bytes);
     while matrix.len() < rows * row_bytes {
         let take = (rows * row_bytes - matrix.len()).min(unique.len());
@@ -59,18 +63,20 @@ fn bench(c: &mut Criterion) {
         let baseline = baseline.as_slice();
         g.throughput(Throughput::Bytes(MATRIX_BYTES as u64));
         g.bench_function("memory_read", |b| b.iter(|| read_sum(black_box(baseline))));
-        for ty in TYPES {
-            let (matrix, row_bytes, act) = setup(ty, n);
-            g.throughput(Throughput::Bytes(matrix.len() as u64));
-            g.bench_with_input(BenchmarkId::new("vec_dot", ty.name()), &ty, |b, &ty| {
-                b.iter(|| {
-                    let mut s = 0f32;
-                    for row in matrix.chunks_exact(row_bytes) {
-                        s += vec_dot(ty, n, row, ty.vec_dot_type(), &act).unwrap_or(f32::NAN);
-                    }
-                    black_box(s)
-                })
-            });
+        for (place, bytes) in [("dram", MATRIX_BYTES), ("l2", CACHED_BYTES)] {
+            for ty in TYPES {
+                let (matrix, row_bytes, act) = setup(ty, n, bytes);
+                let mut out = vec![0f32; matrix.len() / row_bytes];
+                g.throughput(Throughput::Bytes(matrix.len() as u64));
+                let id = BenchmarkId::new(format!("vec_dot_rows_{place}"), ty.name());
+                g.bench_with_input(id, &ty, |b, &ty| {
+                    b.iter(|| {
+                        vec_dot_rows(ty, n, &matrix, ty.vec_dot_type(), &act, &mut out)
+                            .expect("whole rows");
+                        black_box(out[0])
+                    })
+                });
+            }
         }
         g.finish();
     }

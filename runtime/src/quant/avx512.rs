@@ -1,11 +1,13 @@
 //! AVX-512 (BW + VNNI) dot products for Q4_K and Q6_K, the formats of a Q4_K_M file's weights,
-//! and Q8_0, chosen at run time by `dot::vec_dot` ahead of the AVX2 kernels.
+//! and Q8_0, chosen at run time by `dot::vec_dot` ahead of the AVX2 kernels; with GFNI where the
+//! CPU has it. `dot::vec_dot_rows` takes Q4_K rows through `rows_kernel`, which reads the
+//! activation row reordered once per call.
 //!
 //! Decoding one token streams every weight once, so the kernel has to keep up with memory: the
 //! AVX2 kernel spends about 76 instructions on a 144-byte block and, measured, reads 8.5 GB/s on
-//! one core where the memory gives two cores 17-25. Here one 512-bit `maddubs` covers two
-//! 32-value sub-blocks (low and high nibbles side by side, against the 64 activations they pair
-//! with), and `vpdpwssd` applies both sub-block scales and accumulates in one instruction.
+//! one core where the memory gives two cores 17-25. Here `vpdpbusd` multiplies 64 weight bytes
+//! by 64 activations and sums them four at a time; the sums of two vectors pack into one of i16
+//! and one `vpdpwssd` applies their sub-block scales.
 
 use std::arch::x86_64::*;
 
@@ -17,27 +19,33 @@ use super::dequant::scales_mins_k4;
 /// never read out of bounds).
 #[cfg(test)]
 pub(crate) fn vec_dot(ty: super::GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
+    let (f, reorder) = kernel(ty)?;
+    let mut laid = a.to_vec();
+    if let Some(reorder) = reorder {
+        reorder(a, &mut laid);
+    }
     // SAFETY: `kernel` hands out only kernels whose features were detected.
-    kernel(ty).map(|f| unsafe { f(w, a) })
+    Some(unsafe { f(w, &laid) })
 }
 
-/// The kernel for `ty` when this CPU can run it (for a loop over rows that chooses once).
-pub(crate) fn kernel(ty: super::GgmlType) -> Option<super::RowKernel> {
+/// The kernel for `ty` when this CPU can run it (for a loop over rows that chooses once), with
+/// the reordering of the activation row it reads, if it reads another layout than the
+/// `vec_dot_type`'s.
+pub(crate) fn kernel(ty: super::GgmlType) -> Option<(super::RowKernel, Option<super::Reorder>)> {
     use super::GgmlType;
     if !available() {
         return None;
     }
     match ty {
-        GgmlType::Q4_K if gfni() => Some(q4_k_gfni),
-        GgmlType::Q4_K => Some(q4_k),
-        GgmlType::Q6_K if gfni() => Some(q6_k_gfni),
-        GgmlType::Q6_K => Some(q6_k),
-        GgmlType::Q8_0 => Some(q8_0),
+        GgmlType::Q4_K => Some((q4_k, Some(pair_q8_k))),
+        GgmlType::Q6_K if gfni() => Some((q6_k_gfni, None)),
+        GgmlType::Q6_K => Some((q6_k, None)),
+        GgmlType::Q8_0 => Some((q8_0, None)),
         _ => None,
     }
 }
 
-/// GFNI, which the Q4_K and Q6_K kernels use to move bits when the CPU has it (Ice Lake, Zen 4
+/// GFNI, which the Q6_K kernel uses to move bits when the CPU has it (Ice Lake, Zen 4
 /// and later; Cascade Lake has AVX-512 VNNI without it).
 fn gfni() -> bool {
     is_x86_feature_detected!("gfni")
@@ -52,93 +60,88 @@ fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// Q4_K weights (144-byte blocks) against Q8_K activations (292-byte blocks: f32 scale, 256
-/// values, 16 sums of 16 values as i16).
-///
-/// One 512-bit vector holds 64 weights: 32 nibble bytes broadcast to both halves, low nibbles
-/// kept in the lower half and high nibbles brought down in the upper (with GFNI one affine bit
-/// transform per 64-bit lane; without, a masked shift and a mask). `vpdpbusd` sums the products
-/// four at a time, so each i32 lane stays inside one 32-value sub-block and small enough
-/// (|4·15·128| < 2¹⁵) for `vpackssdw` to pack two vectors into one of i16, and one `vpdpwssd` per
-/// pair applies the four sub-block scales. Per block that is six multiplies and four shuffles,
-/// where a `maddubs` and a scale shuffle per vector took eight and eight (`llvm-mca -mcpu=znver4`:
-/// 19 cycles per block before, 14.5 after; measured in L2, 1.19x the bytes per second).
-macro_rules! q4_k_kernel {
-    ($name:ident, $features:literal, $gfni:literal) => {
-        #[target_feature(enable = $features)]
-        unsafe fn $name(w: &[u8], a: &[u8]) -> f32 {
-            let low = _mm512_set1_epi8(0x0f);
-            let nibbles = nibble_split();
-            // `vpackssdw` of the i32 sums of vectors 2p and 2p + 1 puts, in 128-bit lane l,
-            // four sums of sub-block 4p + l/2 and then four of 4p + 2 + l/2: these i16 indices
-            // give each its scale.
-            let pick: [__m512i; 2] =
-                std::array::from_fn(|p| i16_indices(|i| 4 * p + (i % 8 / 4) * 2 + i / 16));
-            let zero = _mm512_setzero_si512();
-            let mut acc = _mm512_setzero_ps();
-            let mut acc_min = _mm256_setzero_ps();
-            for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
-                prefetch_ahead::<3>(x);
-                let [w0, w1, w2, w3] = scales_mins_k4(&x[4..16]);
-                let scales = (w1 as u64) << 32 | w0 as u64;
-                let mins = (w3 as u64) << 32 | w2 as u64;
-                let (head, s, bs) = (&x[0..8], &y[260..292], &x[16..144]);
-                // SAFETY: every load below is of a bounds-checked slice of exactly the loaded
-                // width: `head` (8 bytes), `y[0..4]`, `s` (32 bytes), `bs[32g..32g + 32]`, and
-                // `y[4 + 64g..68 + 64g]` (64 bytes, g < 4, inside the 292-byte block).
-                unsafe {
-                    // d and dmin (lanes 0 and 1; the scale bytes behind them convert to unused
-                    // lanes).
-                    let dd = _mm_cvtph_ps(_mm_loadl_epi64(head.as_ptr() as *const __m128i));
-                    let dd = _mm_mul_ps(
-                        dd,
-                        _mm_set1_ps(f32::from_le_bytes([y[0], y[1], y[2], y[3]])),
-                    );
-                    // Each min doubled into both i16 halves of its i32 lane, so one madd
-                    // multiplies the two 16-value sums of its sub-block and adds them.
-                    let m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mins as i64));
-                    let m16 = _mm256_or_si256(m32, _mm256_slli_epi32::<16>(m32));
-                    let m =
-                        _mm256_madd_epi16(_mm256_loadu_si256(s.as_ptr() as *const __m256i), m16);
-                    let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
-                    acc_min = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(m), acc_min);
-                    // The upper 24 lanes are zeros, which no `pick` index reaches.
-                    let sc16 =
-                        _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
-                    let dots: [__m512i; 4] = std::array::from_fn(|g| {
-                        let qs = &bs[32 * g..32 * g + 32];
-                        let ys = &y[4 + 64 * g..68 + 64 * g];
-                        let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                            qs.as_ptr() as *const __m256i
-                        ));
-                        let q = if $gfni {
-                            _mm512_gf2p8affine_epi64_epi8::<0>(q, nibbles)
-                        } else {
-                            _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xffff_0000, q, 4), low)
-                        };
-                        _mm512_dpbusd_epi32(zero, q, _mm512_loadu_si512(ys.as_ptr() as *const _))
-                    });
-                    let mut sumi = zero;
-                    for (p, pick) in pick.iter().enumerate() {
-                        let packed = _mm512_packs_epi32(dots[2 * p], dots[2 * p + 1]);
-                        let sc = _mm512_permutexvar_epi16(*pick, sc16);
-                        sumi = _mm512_dpwssd_epi32(sumi, packed, sc);
-                    }
-                    let d = _mm512_broadcastss_ps(dd);
-                    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
-                }
+/// Q8_K activations reordered for [`q4_k`]: in each 128-value half of a block, the
+/// 32-value chunks in the order 0, 2, 1, 3 (scale and 16-value sums unchanged), so that the low
+/// nibbles of 64 consecutive Q4_K bytes (chunks 0 and 2 of a half) meet their activations in one
+/// 64-byte load, and the high nibbles (chunks 1 and 3) in the next.
+fn pair_q8_k(a: &[u8], out: &mut [u8]) {
+    for (src, dst) in a.chunks_exact(292).zip(out.chunks_exact_mut(292)) {
+        dst[..4].copy_from_slice(&src[..4]);
+        dst[260..].copy_from_slice(&src[260..]);
+        for half in 0..2 {
+            let base = 4 + 128 * half;
+            for (to, from) in [0, 2, 1, 3].into_iter().enumerate() {
+                dst[base + 32 * to..base + 32 * to + 32]
+                    .copy_from_slice(&src[base + 32 * from..base + 32 * from + 32]);
             }
-            _mm512_reduce_add_ps(acc) - hsum(acc_min)
         }
-    };
+    }
 }
 
-q4_k_kernel!(q4_k, "avx512f,avx512bw,avx512vnni,avx2,fma,f16c", false);
-q4_k_kernel!(
-    q4_k_gfni,
-    "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni",
-    true
-);
+/// Q4_K weights (144-byte blocks) against Q8_K activations (292-byte blocks: f32 scale, 256
+/// values, 16 sums of 16 values as i16) reordered by [`pair_q8_k`].
+///
+/// Each 64-byte load of weight bytes covers two 32-byte chunks; their low nibbles (two 32-value
+/// sub-blocks) and their high nibbles (the two between) are each one AND (and a shift) away from
+/// `vpdpbusd` against one contiguous load of activations. `vpdpbusd` sums the products four at a
+/// time, so each i32 lane stays inside one sub-block and small enough (|4·15·128| < 2¹⁵) for
+/// `vpackssdw` to pack two vectors into one of i16, and one `vpdpwssd` per pair applies the four
+/// sub-block scales. `llvm-mca -mcpu=znver4` puts it at 13.7 cycles per block, where the first
+/// AVX-512 kernel (a `maddubs` and a scale shuffle per 64 values, the nibbles side by side from
+/// a broadcast load of 32 bytes against the activations as they are) took 19.2.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
+    let low = _mm512_set1_epi8(0x0f);
+    // Half h: the low-nibble sums are sub-blocks 4h (lanes 0..8) and 4h + 2 (8..16), the
+    // high-nibble sums 4h + 1 and 4h + 3; packed, 128-bit lane l holds four sums of sub-block
+    // 4h + 2(l/2) and then four of the one after it.
+    let pick: [__m512i; 2] =
+        std::array::from_fn(|h| i16_indices(|i| 4 * h + 2 * (i / 16) + i % 8 / 4));
+    let zero = _mm512_setzero_si512();
+    let mut acc = _mm512_setzero_ps();
+    let mut acc_min = _mm256_setzero_ps();
+    for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
+        prefetch_ahead::<3>(x);
+        let [w0, w1, w2, w3] = scales_mins_k4(&x[4..16]);
+        let scales = (w1 as u64) << 32 | w0 as u64;
+        let mins = (w3 as u64) << 32 | w2 as u64;
+        let (head, s, bs) = (&x[0..8], &y[260..292], &x[16..144]);
+        // SAFETY: every load below is of a bounds-checked slice of exactly the loaded width:
+        // `head` (8 bytes), `y[0..4]`, `s` (32 bytes), `bs[64h..64h + 64]` and
+        // `y[4 + 128h + 64u..68 + 128h + 64u]` (64 bytes, h, u < 2, inside the 292-byte block).
+        unsafe {
+            let dd = _mm_cvtph_ps(_mm_loadl_epi64(head.as_ptr() as *const __m128i));
+            let dd = _mm_mul_ps(
+                dd,
+                _mm_set1_ps(f32::from_le_bytes([y[0], y[1], y[2], y[3]])),
+            );
+            let m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mins as i64));
+            let m16 = _mm256_or_si256(m32, _mm256_slli_epi32::<16>(m32));
+            let m = _mm256_madd_epi16(_mm256_loadu_si256(s.as_ptr() as *const __m256i), m16);
+            let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+            acc_min = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(m), acc_min);
+            let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
+            let mut sumi = zero;
+            for (h, pick) in pick.iter().enumerate() {
+                let q = _mm512_loadu_si512(bs[64 * h..64 * h + 64].as_ptr() as *const _);
+                let nib = [
+                    _mm512_and_si512(q, low),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(q), low),
+                ];
+                let dots: [__m512i; 2] = std::array::from_fn(|u| {
+                    let ys = &y[4 + 128 * h + 64 * u..68 + 128 * h + 64 * u];
+                    _mm512_dpbusd_epi32(zero, nib[u], _mm512_loadu_si512(ys.as_ptr() as *const _))
+                });
+                let packed = _mm512_packs_epi32(dots[0], dots[1]);
+                let sc = _mm512_permutexvar_epi16(*pick, sc16);
+                sumi = _mm512_dpwssd_epi32(sumi, packed, sc);
+            }
+            let d = _mm512_broadcastss_ps(dd);
+            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
+        }
+    }
+    _mm512_reduce_add_ps(acc) - hsum(acc_min)
+}
 
 /// Q6_K weights (210-byte blocks: 128 bytes of low nibbles, 64 of high bit pairs, 16 signed
 /// scales, f16 scale) against Q8_K activations. A 64-byte vector holds 64 consecutive values of
@@ -250,17 +253,6 @@ q6_k_kernel!(
     "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni",
     true
 );
-
-/// The bit matrices (one per 64-bit lane) of the affine transform that keeps bits 0-3 of every
-/// byte in the lower four lanes and moves bits 4-7 down to 0-3 in the upper four.
-#[target_feature(enable = "avx512f")]
-fn nibble_split() -> __m512i {
-    _mm512_mask_blend_epi64(
-        0xf0,
-        _mm512_set1_epi64(0x0102_0408_0000_0000),
-        _mm512_set1_epi64(0x1020_4080_0000_0000),
-    )
-}
 
 /// 32 i16 lane indices, lane `i` holding `f(i)`.
 #[target_feature(enable = "avx512f")]
@@ -390,19 +382,13 @@ mod tests {
             let got = super::vec_dot(ty, &w, &act).unwrap();
             let avx2 = super::super::avx2::vec_dot(ty, &w, &act).unwrap();
             let mut results = vec![("avx512", got), ("avx2", avx2)];
-            // The kernels `kernel` does not choose on this CPU: without GFNI, and with it.
+            // Q6_K's two kernels, whichever `kernel` chose on this CPU.
             // SAFETY: the features of each were detected (`available`, `gfni`).
             let other = |f: super::super::RowKernel| unsafe { f(&w, &act) };
-            match ty {
-                GgmlType::Q4_K => results.push(("avx512 no gfni", other(super::q4_k))),
-                GgmlType::Q6_K => results.push(("avx512 no gfni", other(super::q6_k))),
-                _ => {}
-            }
-            if super::gfni() {
-                match ty {
-                    GgmlType::Q4_K => results.push(("avx512 gfni", other(super::q4_k_gfni))),
-                    GgmlType::Q6_K => results.push(("avx512 gfni", other(super::q6_k_gfni))),
-                    _ => {}
+            if ty == GgmlType::Q6_K {
+                results.push(("avx512 no gfni", other(super::q6_k)));
+                if super::gfni() {
+                    results.push(("avx512 gfni", other(super::q6_k_gfni)));
                 }
             }
             for (what, v) in results {

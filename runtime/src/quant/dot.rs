@@ -32,19 +32,14 @@ pub fn vec_dot(
     act: GgmlType,
     a: &[u8],
 ) -> Result<f32, QuantError> {
-    check(ty, act, n, w, a)?;
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    if let Some(f) = simd_kernel(ty) {
-        // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected (NEON is
-        // part of the aarch64 base); `w` and `a` hold the same number of blocks (checked above).
-        return Ok(unsafe { f(w, a) });
-    }
-    Ok(scalar(ty, w, a))
+    let mut out = [0f32];
+    vec_dot_rows(ty, n, w, act, a, &mut out)?;
+    Ok(out[0])
 }
 
 /// `out[r] = Σ w_r·a` for the consecutive weight rows `w_r` of `n` elements each that fill `w`:
 /// one check and one choice of kernel for all of them (per row, those cost a few percent of a
-/// decode step).
+/// decode step), and the activation row reordered once where the kernel reads another layout.
 pub fn vec_dot_rows(
     ty: GgmlType,
     n: usize,
@@ -69,11 +64,22 @@ pub fn vec_dot_rows(
     };
     check(ty, act, n, first, a)?;
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    if let Some(f) = simd_kernel(ty) {
-        for (row, o) in w.chunks_exact(rb).zip(out.iter_mut()) {
-            // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected; each
-            // row and `a` hold the same number of blocks (checked above).
-            *o = unsafe { f(row, a) };
+    if let Some((f, reorder)) = simd_kernel(ty) {
+        let mut rows = |a: &[u8]| {
+            for (row, o) in w.chunks_exact(rb).zip(out.iter_mut()) {
+                // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected
+                // (NEON is part of the aarch64 base); each row and `a` (reordered or not: the
+                // same length) hold the same number of blocks (checked above).
+                *o = unsafe { f(row, a) };
+            }
+        };
+        match reorder {
+            Some(reorder) => REORDERED.with_borrow_mut(|buf| {
+                buf.resize(a.len(), 0);
+                reorder(a, buf);
+                rows(buf);
+            }),
+            None => rows(a),
         }
         return Ok(());
     }
@@ -83,16 +89,25 @@ pub fn vec_dot_rows(
     Ok(())
 }
 
-/// The fastest vector kernel for `ty` this CPU runs: AVX-512 VNNI, then AVX2.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+thread_local! {
+    /// The activation row reordered for a kernel that reads another layout than the
+    /// `vec_dot_type`'s: one buffer per thread, grown once, so that decoding allocates nothing
+    /// per token.
+    static REORDERED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The fastest vector kernel for `ty` this CPU runs, AVX-512 VNNI then AVX2, with the reordering
+/// of the activation row it reads, if any.
 #[cfg(target_arch = "x86_64")]
-fn simd_kernel(ty: GgmlType) -> Option<super::RowKernel> {
-    super::avx512::kernel(ty).or_else(|| super::avx2::kernel(ty))
+fn simd_kernel(ty: GgmlType) -> Option<(super::RowKernel, Option<super::Reorder>)> {
+    super::avx512::kernel(ty).or_else(|| super::avx2::kernel(ty).map(|f| (f, None)))
 }
 
 /// The NEON kernel for `ty` (NEON is part of the aarch64 base).
 #[cfg(target_arch = "aarch64")]
-fn simd_kernel(ty: GgmlType) -> Option<super::RowKernel> {
-    super::neon::kernel(ty)
+fn simd_kernel(ty: GgmlType) -> Option<(super::RowKernel, Option<super::Reorder>)> {
+    super::neon::kernel(ty).map(|f| (f, None))
 }
 
 /// `Σ w·a` with the portable reference kernels only.

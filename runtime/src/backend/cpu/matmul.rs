@@ -14,7 +14,7 @@ use super::simd::dot as dot_f32;
 use super::{amx, int8};
 use super::{CpuMatrix, CpuWorkspace, ManyRows};
 use crate::backend::BackendError;
-use crate::quant::{dequantize_row, quantize_row, vec_dot, vec_dot_rows, GgmlType};
+use crate::quant::{dequantize_row, quantize_row, vec_dot_rows, GgmlType};
 
 /// From this many activation rows on, weights are decoded once per panel and multiplied by the AMX
 /// tile kernel (`amx`), or without AMX by the int8 kernel (`int8`, for the types it decodes) or
@@ -23,10 +23,13 @@ use crate::quant::{dequantize_row, quantize_row, vec_dot, vec_dot_rows, GgmlType
 /// decoding them.
 const GEMM_MIN_ROWS: usize = 16;
 
+/// The most weight rows a task of a few-row product takes.
+const MAX_ROWS_PER_TASK: usize = 64;
+
 /// Weight rows per task: enough tasks to balance the pool, few enough to amortise scheduling.
 fn rows_per_task(rows: usize) -> usize {
     let tasks = rayon::current_num_threads() * 8;
-    rows.div_ceil(tasks).clamp(1, 64)
+    rows.div_ceil(tasks).clamp(1, MAX_ROWS_PER_TASK)
 }
 
 pub(super) fn matmul(
@@ -86,15 +89,9 @@ pub(super) fn matmul(
             .map_err(err)?;
     }
     let q = &ws.quantized[..n * arb];
-    // Dot of weight row `j` with activation row `i`.
-    let dot = |j: usize, i: usize| -> Result<f32, crate::quant::QuantError> {
-        let wr = &wb[j * rb..(j + 1) * rb];
-        if float {
-            Ok(float_dot(w.ty, wr, &x[i * k..(i + 1) * k]))
-        } else {
-            vec_dot(w.ty, k, wr, vt, &q[i * arb..(i + 1) * arb])
-        }
-    };
+    // Float weight row `j` with activation row `i` (quantized rows go through `vec_dot_rows`).
+    let dot =
+        |j: usize, i: usize| float_dot(w.ty, &wb[j * rb..(j + 1) * rb], &x[i * k..(i + 1) * k]);
     let per = rows_per_task(m);
     if n == 1 {
         return out[..m]
@@ -104,7 +101,7 @@ pub(super) fn matmul(
                 let j0 = c * per;
                 if float {
                     for (r, y) in o.iter_mut().enumerate() {
-                        *y = dot(j0 + r, 0)?;
+                        *y = dot(j0 + r, 0);
                     }
                     return Ok(());
                 }
@@ -117,10 +114,32 @@ pub(super) fn matmul(
     t.par_chunks_mut(per * n)
         .enumerate()
         .try_for_each(|(c, o)| {
-            for (r, row) in o.chunks_exact_mut(n).enumerate() {
-                let j = c * per + r;
-                for (i, y) in row.iter_mut().enumerate() {
-                    *y = dot(j, i)?;
+            let j0 = c * per;
+            if float {
+                for (r, row) in o.chunks_exact_mut(n).enumerate() {
+                    for (i, y) in row.iter_mut().enumerate() {
+                        *y = dot(j0 + r, i);
+                    }
+                }
+                return Ok(());
+            }
+            // Each activation row meets the task's weight rows through the same row kernel as a
+            // one-row product (which may read the activation reordered), so a token's logits do
+            // not depend on how many tokens share the product.
+            let len = o.len() / n;
+            let rows = &wb[j0 * rb..(j0 + len) * rb];
+            let mut col = [0f32; MAX_ROWS_PER_TASK];
+            for i in 0..n {
+                vec_dot_rows(
+                    w.ty,
+                    k,
+                    rows,
+                    vt,
+                    &q[i * arb..(i + 1) * arb],
+                    &mut col[..len],
+                )?;
+                for (r, &v) in col[..len].iter().enumerate() {
+                    o[r * n + i] = v;
                 }
             }
             Ok(())
