@@ -450,6 +450,8 @@ pub unsafe extern "C" fn anatomy_model_load(
             max_image_tokens: nonzero(p.max_image_tokens),
             min_pixels: nonzero(p.min_pixels),
             max_pixels: nonzero(p.max_pixels),
+            // Files stay mapped through the C ABI (zero copy, shared with other processes).
+            ..Default::default()
         };
         let model = Model::load(lm, mmproj.map(std::path::Path::new), &opts)?;
         let h = register(Box::new(AnatomyModel {

@@ -16,7 +16,7 @@ use crate::backend::{Backend, CpuBackend};
 use crate::error::RuntimeError;
 use crate::generate::PromptFormat;
 use crate::gguf::qwen2vl::{LmParams, MmprojParams};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, Residence};
 use crate::model::weights::{LmWeights, VisionWeights};
 use crate::model::{TextModel, TextState, VisionModel, VisionScratch};
 use crate::tokenizer::Tokenizer;
@@ -41,6 +41,9 @@ pub struct ModelOptions {
     /// Processor pixel bounds (overriding the file's or the defaults).
     pub min_pixels: Option<usize>,
     pub max_pixels: Option<usize>,
+    /// Where both files' bytes live: mapped (the default, zero copy) or read into memory of the
+    /// process's own on huge pages (`--no-mmap`).
+    pub residence: Residence,
 }
 
 /// Ids of the tokens the template and generation need.
@@ -88,7 +91,7 @@ impl<B: Backend> Model<B> {
         opts: &ModelOptions,
     ) -> Result<Self, RuntimeError> {
         let t0 = Instant::now();
-        let lm_file = Arc::new(GgufFile::open(lm.as_ref())?);
+        let lm_file = Arc::new(GgufFile::open_with(lm.as_ref(), opts.residence)?);
         let lp = LmParams::from_gguf(&lm_file)?;
         let tokenizer = Tokenizer::from_gguf(&lm_file)?;
         let head_dim = lp.embedding_length / lp.head_count;
@@ -128,7 +131,7 @@ impl<B: Backend> Model<B> {
         let vision = match mmproj {
             None => None,
             Some(p) => {
-                let f = Arc::new(GgufFile::open(p)?);
+                let f = Arc::new(GgufFile::open_with(p, opts.residence)?);
                 let vp = MmprojParams::from_gguf(&f)?;
                 if vp.projection_dim != text.p.embedding_length {
                     return Err(RuntimeError::Mismatch(format!(

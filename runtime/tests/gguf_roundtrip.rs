@@ -118,3 +118,53 @@ fn writer_refuses_wrong_order_size_and_unfinished_files() {
     }];
     assert!(GgufWriter::create(&path, &[], bad, 32).is_err());
 }
+
+/// `Residence::Copied` (`--no-mmap`) reads the same bytes the map shows, header and tensors, and
+/// gives the malformed-file errors the mapped open gives: a truncated file, an empty one, and a
+/// missing one each name the path.
+#[test]
+fn copied_files_read_what_mapped_files_show() {
+    use anatomy_runtime::gguf::{GgufError, Residence};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.gguf");
+    let x: Vec<f32> = (0..1024).map(|i| (i as f32 * 0.11).cos()).collect();
+    let q = quantize_to_vec(GgmlType::Q6_K, &x).unwrap();
+    let meta = vec![("s".to_string(), OwnedValue::String("kept".into()))];
+    let tensors = vec![PendingTensor {
+        name: "q".into(),
+        shape: vec![512, 2],
+        ty: GgmlType::Q6_K,
+    }];
+    let mut w = GgufWriter::create(&path, &meta, tensors, 32).unwrap();
+    w.write_tensor("q", &q).unwrap();
+    w.finish().unwrap();
+
+    let mapped = GgufFile::open(&path).unwrap();
+    let copied = GgufFile::open_with(&path, Residence::Copied).unwrap();
+    assert_eq!(copied.get("s"), Some(Value::String("kept")));
+    assert_eq!(copied.file_size(), mapped.file_size());
+    let (a, b) = (mapped.tensor("q").unwrap(), copied.tensor("q").unwrap());
+    assert_eq!(b.data, &q[..]);
+    assert_eq!(a.data, b.data);
+    assert_ne!(
+        a.data.as_ptr(),
+        b.data.as_ptr(),
+        "the copy has memory of its own"
+    );
+
+    let bytes = std::fs::read(&path).unwrap();
+    for (name, len) in [("short.gguf", bytes.len() - 100), ("empty.gguf", 0)] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &bytes[..len]).unwrap();
+        let mapped = GgufFile::open(&p).err().unwrap().to_string();
+        let copied = GgufFile::open_with(&p, Residence::Copied).err().unwrap();
+        assert_eq!(copied.to_string(), mapped, "{name}");
+        assert!(mapped.contains(name), "{mapped}");
+    }
+    let missing = dir.path().join("missing.gguf");
+    let err = GgufFile::open_with(&missing, Residence::Copied)
+        .err()
+        .unwrap();
+    assert!(matches!(err, GgufError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("missing.gguf"), "{err}");
+}

@@ -245,3 +245,62 @@ fn tokenize_prints_ids_as_json() {
         reference["prompt_length"].as_u64().unwrap() as usize
     );
 }
+
+/// `--no-mmap` reads the files into memory and answers with HF's tokens all the same; `bench
+/// --no-mmap --json` says `"mmap": false` and measures every rate.
+#[test]
+fn no_mmap_answers_the_same_and_bench_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lm, mm) = convert(tmp.path());
+    let dir = case_dir("square");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    let q = reference["question"].as_str().unwrap();
+    let image = dir.join("image.png");
+    let ids = |extra: &[&str]| {
+        let mut args = vec!["--max-tokens", "16"];
+        args.extend_from_slice(extra);
+        args.push(q);
+        let out = ask(&lm, &mm, &image, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        got["token_ids"].clone()
+    };
+    let mapped = ids(&[]);
+    assert!(!mapped.as_array().unwrap().is_empty());
+    assert_eq!(ids(&["--no-mmap"]), mapped);
+
+    let out = anatomy(&[
+        "bench".as_ref(),
+        "--model".as_ref(),
+        lm.as_os_str(),
+        "--prompt-tokens".as_ref(),
+        "4".as_ref(),
+        "--gen-tokens".as_ref(),
+        "2".as_ref(),
+        "--reps".as_ref(),
+        "1".as_ref(),
+        "--threads".as_ref(),
+        "2".as_ref(),
+        "--no-mmap".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["mmap"], false, "{got}");
+    for k in [
+        "decode_tok_s",
+        "read_bandwidth_gb_s",
+        "decode_fraction_of_bound",
+    ] {
+        assert!(got[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {got}");
+    }
+}

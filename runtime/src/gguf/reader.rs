@@ -111,16 +111,38 @@ impl<'a> TensorView<'a> {
     }
 }
 
+/// Where [`GgufFile::open_with`] keeps the file's bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Residence {
+    /// Mapped from the page cache: zero copy, nothing read until a tensor is touched, shared
+    /// with other processes that map the file.
+    #[default]
+    Mapped,
+    /// Read once into anonymous memory, on transparent huge pages where the OS grants them
+    /// (llama.cpp's `--no-mmap`). Costs a read of the whole file at load and memory of its own,
+    /// and saves the page walks of streaming the weights through 4 KiB page-cache pages: on the
+    /// 2-vCPU KVM VM two threads read 2 MiB pages 1.15-1.2x as fast as the same bytes mapped.
+    Copied,
+}
+
 impl GgufFile {
     /// Maps and validates `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
+        Self::open_with(path, Residence::Mapped)
+    }
+
+    /// Validates `path`, its bytes kept as `residence` says.
+    pub fn open_with(path: impl AsRef<Path>, residence: Residence) -> Result<Self, GgufError> {
         let p = path.as_ref().display().to_string();
         let io = |source| GgufError::Io {
             path: p.clone(),
             source,
         };
         let file = std::fs::File::open(path.as_ref()).map_err(io)?;
-        let map = map_readonly(&file).map_err(io)?;
+        let map = match residence {
+            Residence::Mapped => map_readonly(&file).map_err(io)?,
+            Residence::Copied => read_resident(&file).map_err(io)?,
+        };
         let header = parse_header(&map, &p)?;
         Ok(Self {
             path: p,
@@ -195,6 +217,26 @@ impl GgufFile {
             data: &self.map[start..start + info.size as usize],
         }
     }
+}
+
+/// The whole of `file` read into anonymous memory, advised onto huge pages before the read
+/// faults it in, then made read-only. An empty file is mapped as it is (an anonymous map cannot
+/// be empty).
+fn read_resident(file: &std::fs::File) -> std::io::Result<Mmap> {
+    use std::io::Read;
+    let len = usize::try_from(file.metadata()?.len())
+        .map_err(|_| std::io::Error::other("file larger than the address space"))?;
+    if len == 0 {
+        return map_readonly(file);
+    }
+    let mut buf = memmap2::MmapMut::map_anon(len)?;
+    // Refused advice (no THP in this kernel, or THP off) leaves 4 KiB pages: slower, still right.
+    #[cfg(target_os = "linux")]
+    let _ = buf.advise(memmap2::Advice::HugePage);
+    // `read_exact` fails on a file that shrank since `metadata`; one that grew is read to `len`.
+    let mut reader = file;
+    reader.read_exact(&mut buf)?;
+    buf.make_read_only()
 }
 
 /// Parses and validates a whole GGUF header from `bytes` (the fuzz entry point). `path` only

@@ -33,6 +33,10 @@ pub struct AskArgs {
     /// Worker threads (GGUF runtime); physical cores by default.
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// Read the GGUF files into memory (on huge pages where the OS allows) instead of mapping
+    /// them: a slower load and memory of its own, faster decoding where page walks cost.
+    #[arg(long)]
+    pub(crate) no_mmap: bool,
     /// Largest image in vision tokens (GGUF runtime); bounds memory for large frames.
     #[arg(long)]
     pub(crate) max_image_tokens: Option<usize>,

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anatomy_runtime::generate::{AskRequest, Flow, ImageInput};
+use anatomy_runtime::gguf::Residence;
 use anatomy_runtime::{Model, ModelOptions, SamplingParams};
 use anyhow::{Context, Result};
 
@@ -20,6 +21,11 @@ pub fn run(args: &AskArgs) -> Result<()> {
         threads: args.threads,
         context: args.context,
         max_image_tokens: args.max_image_tokens,
+        residence: if args.no_mmap {
+            Residence::Copied
+        } else {
+            Residence::Mapped
+        },
         ..Default::default()
     };
     let model = Model::load(lm, args.mmproj.as_deref(), &opts)

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anatomy_runtime::generate::{peak_rss_bytes, ImageInput};
+use anatomy_runtime::gguf::Residence;
 use anatomy_runtime::{Model, ModelOptions};
 use anyhow::{bail, Context, Result};
 
@@ -38,6 +39,10 @@ pub struct BenchArgs {
     /// Worker threads; physical cores by default.
     #[arg(long)]
     threads: Option<usize>,
+    /// Read the GGUF files into memory (on huge pages where the OS allows) instead of mapping
+    /// them (llama.cpp's --no-mmap); the JSON's `mmap` says which.
+    #[arg(long)]
+    no_mmap: bool,
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -58,6 +63,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let opts = ModelOptions {
         threads: args.threads,
         context: Some(args.prompt_tokens + args.gen_tokens + 1),
+        residence: if args.no_mmap {
+            Residence::Copied
+        } else {
+            Residence::Mapped
+        },
         ..Default::default()
     };
     let mut loads = Vec::new();
@@ -136,6 +146,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let out = serde_json::json!({
         "model": args.model.display().to_string(),
         "threads": threads,
+        "mmap": !args.no_mmap,
         "reps": args.reps,
         "load_ms": median(loads),
         "image_tokens": image_tokens,
