@@ -1,7 +1,7 @@
 //! AVX-512 (BW + VNNI) dot products for Q4_K and Q6_K, the formats of a Q4_K_M file's weights,
-//! and Q8_0, chosen at run time by `dot::vec_dot` ahead of the AVX2 kernels; with GFNI where the
-//! CPU has it. `dot::vec_dot_rows` takes Q4_K rows through `rows_kernel`, which reads the
-//! activation row reordered once per call.
+//! and Q8_0, chosen at run time by `dot::vec_dot_rows` ahead of the AVX2 kernels; Q6_K with GFNI
+//! where the CPU has it. The Q4_K kernel reads its activation row reordered (`pair_q8_k`), which
+//! `dot::vec_dot_rows` does once per call.
 //!
 //! Decoding one token streams every weight once, so the kernel has to keep up with memory: the
 //! AVX2 kernel spends about 76 instructions on a 144-byte block and, measured, reads 8.5 GB/s on
@@ -110,16 +110,20 @@ unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
         // `head` (8 bytes), `y[0..4]`, `s` (32 bytes), `bs[64h..64h + 64]` and
         // `y[4 + 128h + 64u..68 + 128h + 64u]` (64 bytes, h, u < 2, inside the 292-byte block).
         unsafe {
+            // d and dmin (lanes 0 and 1; the scale bytes behind them convert to unused lanes).
             let dd = _mm_cvtph_ps(_mm_loadl_epi64(head.as_ptr() as *const __m128i));
             let dd = _mm_mul_ps(
                 dd,
                 _mm_set1_ps(f32::from_le_bytes([y[0], y[1], y[2], y[3]])),
             );
+            // Each min doubled into both i16 halves of its i32 lane, so one madd multiplies the
+            // two 16-value sums of its sub-block and adds them.
             let m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mins as i64));
             let m16 = _mm256_or_si256(m32, _mm256_slli_epi32::<16>(m32));
             let m = _mm256_madd_epi16(_mm256_loadu_si256(s.as_ptr() as *const __m256i), m16);
             let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
             acc_min = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(m), acc_min);
+            // The upper 24 lanes are zeros, which no `pick` index reaches.
             let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
             let mut sumi = zero;
             for (h, pick) in pick.iter().enumerate() {
