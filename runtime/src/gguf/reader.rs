@@ -125,6 +125,17 @@ pub enum Residence {
     Copied,
 }
 
+impl Residence {
+    /// `Copied` when `no_mmap` (the CLI's `--no-mmap`), else `Mapped`.
+    pub fn from_no_mmap(no_mmap: bool) -> Self {
+        if no_mmap {
+            Self::Copied
+        } else {
+            Self::Mapped
+        }
+    }
+}
+
 impl GgufFile {
     /// Maps and validates `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {

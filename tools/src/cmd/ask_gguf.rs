@@ -21,11 +21,7 @@ pub fn run(args: &AskArgs) -> Result<()> {
         threads: args.threads,
         context: args.context,
         max_image_tokens: args.max_image_tokens,
-        residence: if args.no_mmap {
-            Residence::Copied
-        } else {
-            Residence::Mapped
-        },
+        residence: Residence::from_no_mmap(args.no_mmap),
         ..Default::default()
     };
     let model = Model::load(lm, args.mmproj.as_deref(), &opts)

@@ -63,11 +63,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let opts = ModelOptions {
         threads: args.threads,
         context: Some(args.prompt_tokens + args.gen_tokens + 1),
-        residence: if args.no_mmap {
-            Residence::Copied
-        } else {
-            Residence::Mapped
-        },
+        residence: Residence::from_no_mmap(args.no_mmap),
         ..Default::default()
     };
     let mut loads = Vec::new();
