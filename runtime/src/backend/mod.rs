@@ -91,7 +91,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Runs `f`, a whole forward pass of kernel calls, where the kernels will run: the CPU
     /// backend enters its thread pool once, so each kernel's parallel loop starts from a worker
     /// instead of waking the pool from outside and sleeping until it finishes (two thread
-    /// hand-offs per kernel, some 500 kernels per decoded token of a 3B model).
+    /// hand-offs per kernel, some 500 kernels per decoded token of a 3B model), and keeps its
+    /// other workers spinning until `f` returns, so none parks between two kernels.
     fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         f()
     }
@@ -126,6 +127,22 @@ pub trait Backend: Send + Sync + 'static {
         rows: usize,
         out: &mut Self::Buffer,
     ) -> Result<(), BackendError>;
+    /// Products of one input with several matrices of the same width (q/k/v, gate/up):
+    /// `outs[j] = matmul(w[j], x)`, bit for bit. A backend may run them as one pass, the input
+    /// prepared once and the pool woken once; the default runs them one by one.
+    fn matmuls(
+        &self,
+        ws: &mut Self::Workspace,
+        w: &[&Self::Matrix],
+        x: &Self::Buffer,
+        rows: usize,
+        outs: &mut [&mut Self::Buffer],
+    ) -> Result<(), BackendError> {
+        for (w, out) in w.iter().zip(outs.iter_mut()) {
+            self.matmul(ws, w, x, rows, out)?;
+        }
+        Ok(())
+    }
     /// Rows `ids` of a (possibly quantized) embedding table, decoded into `out[i, :]`.
     fn embed(
         &self,

@@ -136,11 +136,15 @@ impl<B: Backend> TextModel<B> {
         };
         for (i, l) in self.w.layers.iter().enumerate() {
             b.rms_norm(&st.x, &l.attn_norm, &mut st.h, n, eps);
-            b.matmul(&mut st.ws, &l.q, &st.h, n, &mut st.q)?;
+            b.matmuls(
+                &mut st.ws,
+                &[&l.q, &l.k, &l.v],
+                &st.h,
+                n,
+                &mut [&mut st.q, &mut st.k, &mut st.v],
+            )?;
             b.add_bias(&mut st.q, &l.q_b, n);
-            b.matmul(&mut st.ws, &l.k, &st.h, n, &mut st.k)?;
             b.add_bias(&mut st.k, &l.k_b, n);
-            b.matmul(&mut st.ws, &l.v, &st.h, n, &mut st.v)?;
             b.add_bias(&mut st.v, &l.v_b, n);
             b.rope(&mut st.q, &st.table, n, shape.heads, hd);
             b.rope(&mut st.k, &st.table, n, shape.kv_heads, hd);
@@ -158,8 +162,13 @@ impl<B: Backend> TextModel<B> {
             b.matmul(&mut st.ws, &l.o, &st.att, n, &mut st.h)?;
             b.add(&mut st.x, &st.h, n * e);
             b.rms_norm(&st.x, &l.ffn_norm, &mut st.h, n, eps);
-            b.matmul(&mut st.ws, &l.gate, &st.h, n, &mut st.gate)?;
-            b.matmul(&mut st.ws, &l.up, &st.h, n, &mut st.up)?;
+            b.matmuls(
+                &mut st.ws,
+                &[&l.gate, &l.up],
+                &st.h,
+                n,
+                &mut [&mut st.gate, &mut st.up],
+            )?;
             b.swiglu(&mut st.gate, &st.up, n * ff);
             b.matmul(&mut st.ws, &l.down, &st.gate, n, &mut st.h)?;
             b.add(&mut st.x, &st.h, n * e);

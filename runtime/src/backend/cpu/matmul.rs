@@ -149,6 +149,62 @@ pub(super) fn matmul(
     Ok(())
 }
 
+/// The most matrices [`matvecs`] takes in one pass (q/k/v).
+const MAX_FUSED: usize = 3;
+
+/// Whether [`matvecs`] takes `w`: two or three quantized matrices of one width whose activations
+/// are quantized to the same type, so one quantized row serves them all.
+pub(super) fn fusable(w: &[&CpuMatrix]) -> bool {
+    let quantized = |m: &CpuMatrix| {
+        !matches!(m.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+            && m.ty.vec_dot_type() == w[0].ty.vec_dot_type()
+            && m.cols == w[0].cols
+    };
+    (2..=MAX_FUSED).contains(&w.len()) && w.iter().all(|m| quantized(m))
+}
+
+/// One-row products of `x` with every matrix of `w` (which [`fusable`] took) as one parallel
+/// pass over all their rows: `x` is quantized once, and the pool is woken once instead of once
+/// per matrix. In decoding that matters most for k and v, whose few rows are done sooner than a
+/// sleeping worker wakes. Each task runs the same row kernel as [`matmul`], so the outputs equal
+/// its outputs bit for bit.
+pub(super) fn matvecs(
+    ws: &mut CpuWorkspace,
+    w: &[&CpuMatrix],
+    x: &[f32],
+    outs: &mut [&mut super::CpuBuffer],
+) -> Result<(), BackendError> {
+    let k = w[0].cols;
+    let vt = w[0].ty.vec_dot_type();
+    let arb = vt.bytes_for(k as u64).unwrap_or(0) as usize;
+    let err = |m: &CpuMatrix, source| BackendError::Quant {
+        tensor: format!("{}x{} {} matrix", m.rows, m.cols, m.ty),
+        source,
+    };
+    let q = &mut ws.quantized[..arb];
+    quantize_row(vt, &x[..k], q).map_err(|e| err(w[0], e))?;
+    let q = &*q;
+    let per = rows_per_task(w.iter().map(|m| m.rows).sum());
+    let bytes: [&[u8]; MAX_FUSED] =
+        std::array::from_fn(|t| w.get(t).map_or(&[][..], |m| m.bytes()));
+    // Missing matrices become empty outputs, which yield no tasks: one chain of three fixed
+    // parts, so the pass allocates nothing.
+    let mut it = outs.iter_mut().zip(w);
+    let mut next = || it.next().map_or(&mut [][..], |(o, m)| &mut o.0[..m.rows]);
+    let (o0, o1, o2) = (next(), next(), next());
+    o0.par_chunks_mut(per)
+        .enumerate()
+        .map(|(c, o)| (0, c, o))
+        .chain(o1.par_chunks_mut(per).enumerate().map(|(c, o)| (1, c, o)))
+        .chain(o2.par_chunks_mut(per).enumerate().map(|(c, o)| (2, c, o)))
+        .try_for_each(|(t, c, o)| {
+            let m = w[t];
+            let j0 = c * per;
+            let rows = &bytes[t][j0 * m.row_bytes..(j0 + o.len()) * m.row_bytes];
+            vec_dot_rows(m.ty, k, rows, vt, q, o).map_err(|e| err(m, e))
+        })
+}
+
 /// `out[i * m + j] = t[j * n + i]`: the transposed product back in activation-row order, 16
 /// output rows per task so each read is a whole cache line and the writes stay in L1.
 fn transpose_into(t: &[f32], m: usize, n: usize, out: &mut [f32]) {

@@ -4,7 +4,8 @@
 //! rayon rather than a pool of our own: its workers park between jobs (no spin cost while the
 //! model waits on the user), `par_chunks_mut` gives disjoint mutable rows without `unsafe`, and
 //! it is already in the dependency tree through `tokenizers`. A dedicated pool (not the global
-//! one) honours `--threads` and keeps the caller's other rayon work apart.
+//! one) honours `--threads` and keeps the caller's other rayon work apart. Within a forward pass
+//! (`Backend::scope`) the other workers spin instead of parking (`spin`).
 //!
 //! - `matmul`: quantized and float matrix products, one row and many.
 //! - `gemm`: the blocked float kernel `matmul` uses for many rows, weights decoded once per panel.
@@ -16,6 +17,7 @@
 //! - `kernels`: norms, rotary, attention, activations, row copies.
 //! - `attend512`: attention's AVX-512 inner loop (16 keys per step, vector softmax).
 //! - `bandwidth`: the memory-read probe decode speed is measured against.
+//! - `spin`: the spinners that keep the other workers awake for the length of a forward pass.
 
 mod amx;
 #[cfg(target_arch = "x86_64")]
@@ -28,6 +30,7 @@ mod kernels;
 pub use kernels::MAX_HEAD_DIM;
 mod matmul;
 mod simd;
+mod spin;
 
 use std::sync::Arc;
 
@@ -216,7 +219,10 @@ impl Backend for CpuBackend {
     }
 
     fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.install(f)
+        if self.threads == 1 {
+            return self.install(f);
+        }
+        self.install(|| spin::with_spinners(self.threads - 1, f))
     }
 
     fn threads(&self) -> usize {
@@ -332,6 +338,23 @@ impl Backend for CpuBackend {
     ) -> Result<(), BackendError> {
         let kernel = self.many_rows(w.ty);
         self.install(|| matmul::matmul(ws, w, &x.0, rows, &mut out.0, kernel))
+    }
+
+    fn matmuls(
+        &self,
+        ws: &mut CpuWorkspace,
+        w: &[&CpuMatrix],
+        x: &CpuBuffer,
+        rows: usize,
+        outs: &mut [&mut CpuBuffer],
+    ) -> Result<(), BackendError> {
+        if rows == 1 && matmul::fusable(w) && outs.len() == w.len() {
+            return self.install(|| matmul::matvecs(ws, w, &x.0, outs));
+        }
+        for (w, out) in w.iter().zip(outs.iter_mut()) {
+            self.matmul(ws, w, x, rows, out)?;
+        }
+        Ok(())
     }
 
     fn embed(

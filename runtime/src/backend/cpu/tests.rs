@@ -310,6 +310,57 @@ fn matmul_one_and_many_rows_agree_with_dequantized_weights() {
     }
 }
 
+/// `matmuls` of one row (one fused pass where the types allow) and of several rows (one product
+/// each) against one `matmul` per matrix: equal bit for bit, whatever the matrices' row counts.
+#[test]
+fn fused_products_equal_one_product_per_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cols = 512;
+    let types = [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0];
+    // Row counts that do not divide into equal tasks, so tasks end inside and between matrices.
+    let files: Vec<_> = [24usize, 72, 7]
+        .iter()
+        .enumerate()
+        .map(|(i, &rows)| {
+            let sub = dir.path().join(i.to_string());
+            std::fs::create_dir(&sub).unwrap();
+            let w = rand_vec(rows * cols, 20 + i as u64);
+            matrix_file(&sub, &w, rows, cols, &types)
+        })
+        .collect();
+    let b = CpuBackend::new(Some(2)).unwrap();
+    let m = |f: usize, t: GgmlType| b.matrix(&files[f], &format!("w.{t}")).unwrap();
+    let (q4, q6, q8) = (GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0);
+    let sets = [
+        (vec![m(0, q4), m(1, q6), m(2, q4)], true),
+        (vec![m(1, q4), m(0, q4)], true),
+        (vec![m(0, q8), m(1, q8), m(2, q8)], true),
+        // Q8_0 rows meet Q8_0 activations, Q4_K rows Q8_K: one product each.
+        (vec![m(0, q4), m(1, q8)], false),
+    ];
+    for n in [1usize, 3] {
+        let x = CpuBuffer(rand_vec(n * cols, 9));
+        let mut ws = b.workspace(WorkspaceSpec {
+            rows: n,
+            cols,
+            keys: 1,
+            heads: 1,
+        });
+        for (set, fused) in &sets {
+            let w: Vec<&CpuMatrix> = set.iter().collect();
+            assert_eq!(super::matmul::fusable(&w), *fused);
+            let mut got: Vec<CpuBuffer> = w.iter().map(|m| b.alloc(n * m.rows)).collect();
+            let mut outs: Vec<&mut CpuBuffer> = got.iter_mut().collect();
+            b.matmuls(&mut ws, &w, &x, n, &mut outs).unwrap();
+            for (m, g) in w.iter().zip(&got) {
+                let mut want = b.alloc(n * m.rows);
+                b.matmul(&mut ws, m, &x, n, &mut want).unwrap();
+                assert_eq!(g.0, want.0, "{n} rows, {}x{} {}", m.rows, m.cols, m.ty);
+            }
+        }
+    }
+}
+
 #[test]
 fn norms_rotary_and_activations() {
     let b = CpuBackend::new(Some(1)).unwrap();
