@@ -121,7 +121,9 @@ pub enum Residence {
     /// Read once into anonymous memory, on transparent huge pages where the OS grants them
     /// (llama.cpp's `--no-mmap`). Costs a read of the whole file at load and memory of its own,
     /// and saves the page walks of streaming the weights through 4 KiB page-cache pages: on the
-    /// 2-vCPU KVM VM two threads read 2 MiB pages 1.15-1.2x as fast as the same bytes mapped.
+    /// 2-vCPU KVM VM two threads read 2 MiB pages 1.15-1.2x as fast as the same bytes mapped in
+    /// 4 KiB pages. Where the page cache holds the file in 2 MiB folios and maps them whole
+    /// (Linux 6.18 on ext4 did), the map reads as fast and this gains nothing.
     Copied,
 }
 
@@ -240,18 +242,24 @@ fn read_resident(file: &std::fs::File) -> std::io::Result<Mmap> {
     if len == 0 {
         return map_readonly(file);
     }
-    let mut buf = memmap2::MmapMut::map_anon(len)?;
-    // Refused advice (no THP in this kernel, or THP off) leaves 4 KiB pages: slower, still right.
-    #[cfg(target_os = "linux")]
-    let _ = buf.advise(memmap2::Advice::HugePage);
+    let mut buf = huge_anon(len)?;
     // `read_exact` fails on a file that shrank since `metadata`; one that grew is read to `len`.
     let mut reader = file;
     reader.read_exact(&mut buf)?;
     buf.make_read_only()
 }
 
-/// Parses and validates a whole GGUF header from `bytes` (the fuzz entry point). `path` only
-/// labels errors.
+/// `len` bytes of zeroed anonymous memory, advised onto transparent huge pages before anything
+/// faults it in: the weights of `Residence::Copied`, and the bandwidth probe's buffer, which must
+/// sit on the same kind of pages to stay the stronger reader. Refused advice (no THP in this
+/// kernel, or THP off) leaves 4 KiB pages: slower, still right.
+pub(crate) fn huge_anon(len: usize) -> std::io::Result<memmap2::MmapMut> {
+    let map = memmap2::MmapMut::map_anon(len)?;
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    Ok(map)
+}
+
 /// Maps a model file read-only. The one place the project maps files, so the converter's reading of
 /// safetensors checkpoints shares this contract instead of carrying its own `unsafe`.
 pub fn map_readonly(file: &std::fs::File) -> std::io::Result<Mmap> {
@@ -261,6 +269,8 @@ pub fn map_readonly(file: &std::fs::File) -> std::io::Result<Mmap> {
     unsafe { Mmap::map(file) }
 }
 
+/// Parses and validates a whole GGUF header from `bytes` (the fuzz entry point). `path` only
+/// labels errors.
 pub fn parse_header(bytes: &[u8], path: &str) -> Result<Header, GgufError> {
     let mut cur = Cursor {
         bytes,

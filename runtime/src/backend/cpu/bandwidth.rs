@@ -27,7 +27,7 @@ pub fn read_sum(buf: &[u64]) -> u64 {
 /// probe on them would be the weaker reader again.
 pub fn read_bandwidth(threads: usize, bytes: usize, passes: usize) -> f64 {
     let n = (bytes / 8).max(1);
-    let mut map = huge_buffer(n * 8);
+    let mut map = crate::gguf::huge_anon(n * 8).ok();
     let mut vec = Vec::new();
     let buf: &mut [u64] = match map.as_mut() {
         Some(m) => bytemuck::cast_slice_mut(&mut m[..]),
@@ -57,15 +57,6 @@ pub fn read_bandwidth(threads: usize, bytes: usize, passes: usize) -> f64 {
         best = best.max((n * 8) as f64 / t.elapsed().as_secs_f64());
     }
     best
-}
-
-/// `bytes` of anonymous memory advised onto huge pages, or `None` where it cannot be mapped.
-fn huge_buffer(bytes: usize) -> Option<memmap2::MmapMut> {
-    let map = memmap2::MmapMut::map_anon(bytes).ok()?;
-    // Refused advice leaves 4 KiB pages, which still measure a (lower) rate.
-    #[cfg(target_os = "linux")]
-    let _ = map.advise(memmap2::Advice::HugePage);
-    Some(map)
 }
 
 #[cfg(target_arch = "x86_64")]

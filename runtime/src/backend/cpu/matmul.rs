@@ -74,8 +74,11 @@ pub(super) fn matmul(
         scatter(&ws.transposed[..m * n], m, n, pr, out);
         return Ok(());
     }
-    let vt = w.ty.vec_dot_type();
     let float = matches!(w.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+    if n == 1 && !float {
+        return matvecs(ws, &[w], x, &mut [&mut out[..m]]);
+    }
+    let vt = w.ty.vec_dot_type();
     let arb = if float {
         0
     } else {
@@ -94,21 +97,12 @@ pub(super) fn matmul(
         |j: usize, i: usize| float_dot(w.ty, &wb[j * rb..(j + 1) * rb], &x[i * k..(i + 1) * k]);
     let per = rows_per_task(m);
     if n == 1 {
-        return out[..m]
-            .par_chunks_mut(per)
-            .enumerate()
-            .try_for_each(|(c, o)| {
-                let j0 = c * per;
-                if float {
-                    for (r, y) in o.iter_mut().enumerate() {
-                        *y = dot(j0 + r, 0);
-                    }
-                    return Ok(());
-                }
-                let rows = &wb[j0 * rb..(j0 + o.len()) * rb];
-                vec_dot_rows(w.ty, k, rows, vt, &q[..arb], o)
-            })
-            .map_err(err);
+        out[..m].par_chunks_mut(per).enumerate().for_each(|(c, o)| {
+            for (r, y) in o.iter_mut().enumerate() {
+                *y = dot(c * per + r, 0);
+            }
+        });
+        return Ok(());
     }
     let t = &mut ws.transposed[..m * n];
     t.par_chunks_mut(per * n)
@@ -150,9 +144,9 @@ pub(super) fn matmul(
 }
 
 /// The most matrices [`matvecs`] takes in one pass (q/k/v).
-const MAX_FUSED: usize = 3;
+pub(super) const MAX_FUSED: usize = 3;
 
-/// Whether [`matvecs`] takes `w`: two or three quantized matrices of one width whose activations
+/// Whether [`matvecs`] takes `w`: one to three quantized matrices of one width whose activations
 /// are quantized to the same type, so one quantized row serves them all.
 pub(super) fn fusable(w: &[&CpuMatrix]) -> bool {
     let quantized = |m: &CpuMatrix| {
@@ -160,19 +154,19 @@ pub(super) fn fusable(w: &[&CpuMatrix]) -> bool {
             && m.ty.vec_dot_type() == w[0].ty.vec_dot_type()
             && m.cols == w[0].cols
     };
-    (2..=MAX_FUSED).contains(&w.len()) && w.iter().all(|m| quantized(m))
+    (1..=MAX_FUSED).contains(&w.len()) && w.iter().all(|m| quantized(m))
 }
 
 /// One-row products of `x` with every matrix of `w` (which [`fusable`] took) as one parallel
 /// pass over all their rows: `x` is quantized once, and the pool is woken once instead of once
 /// per matrix. In decoding that matters most for k and v, whose few rows are done sooner than a
-/// sleeping worker wakes. Each task runs the same row kernel as [`matmul`], so the outputs equal
-/// its outputs bit for bit.
+/// sleeping worker wakes. [`matmul`]'s one-row product of quantized weights is this pass over
+/// one matrix, so a fused product equals one `matmul` per matrix bit for bit.
 pub(super) fn matvecs(
     ws: &mut CpuWorkspace,
     w: &[&CpuMatrix],
     x: &[f32],
-    outs: &mut [&mut super::CpuBuffer],
+    outs: &mut [&mut [f32]],
 ) -> Result<(), BackendError> {
     let k = w[0].cols;
     let vt = w[0].ty.vec_dot_type();
@@ -190,7 +184,7 @@ pub(super) fn matvecs(
     // Missing matrices become empty outputs, which yield no tasks: one chain of three fixed
     // parts, so the pass allocates nothing.
     let mut it = outs.iter_mut().zip(w);
-    let mut next = || it.next().map_or(&mut [][..], |(o, m)| &mut o.0[..m.rows]);
+    let mut next = || it.next().map_or(&mut [][..], |(o, m)| &mut o[..m.rows]);
     let (o0, o1, o2) = (next(), next(), next());
     o0.par_chunks_mut(per)
         .enumerate()

@@ -349,7 +349,10 @@ impl Backend for CpuBackend {
         outs: &mut [&mut CpuBuffer],
     ) -> Result<(), BackendError> {
         if rows == 1 && matmul::fusable(w) && outs.len() == w.len() {
-            return self.install(|| matmul::matvecs(ws, w, &x.0, outs));
+            let mut it = outs.iter_mut();
+            let mut o: [&mut [f32]; matmul::MAX_FUSED] =
+                std::array::from_fn(|_| it.next().map_or(&mut [][..], |b| &mut b.0[..]));
+            return self.install(|| matmul::matvecs(ws, w, &x.0, &mut o[..w.len()]));
         }
         for (w, out) in w.iter().zip(outs.iter_mut()) {
             self.matmul(ws, w, x, rows, out)?;
