@@ -5,7 +5,9 @@
 //! The probe reads the way the dot kernels do (512-bit loads where the CPU has them, software
 //! prefetch the same distance ahead), so that a kernel cannot look faster than "memory" merely
 //! because the probe was the weaker reader: measured on the 2-core VM, a plain summing loop (SSE2
-//! in a baseline build) read 25.5 GB/s with two threads where this one reads 29.8.
+//! in a baseline build) read 25.5 GB/s with two threads where this one reads 29.8. The kernels'
+//! second prefetch, into L2 further ahead, is left out here: it made this plain stream no faster
+//! with two threads (0.96-1.16x, alternating) and slower with one (0.86-0.96x).
 
 /// Wrapping sum of `buf`, read once front to back.
 pub fn read_sum(buf: &[u64]) -> u64 {
