@@ -8,8 +8,9 @@
 //!
 //! Decode is bound by streaming the weights once per token, so the report also gives the
 //! bandwidth bound (weight bytes / measured bandwidth) and the fraction of it reached, for both:
-//! the median over repetitions of each decode rate against a bandwidth probe taken just before
-//! it (`read_bandwidth_gb_s` and `decode_bound_tok_s` are the probes' median).
+//! the median over repetitions of each decode rate against the mean of two bandwidth probes, one
+//! taken just before it and one just after (`read_bandwidth_gb_s` and `decode_bound_tok_s` are
+//! the probes' median).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -106,18 +107,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .collect();
     let weight_bytes = model.lm_file_bytes() as f64;
     // Each thread sums its share of 512 MiB (far larger than any cache), best of three passes,
-    // right before each decode measurement: on a shared machine the bandwidth available drifts
-    // within a run, so each decode rate is judged against the probe taken beside it.
-    // Returns (tokens/s, fraction of the bound, bandwidth).
-    let decode = |s: &mut anatomy_runtime::Session| -> Result<(f64, f64, f64)> {
-        let bw = anatomy_runtime::backend::cpu::bandwidth::read_bandwidth(threads, 512 << 20, 3);
+    // right before and right after each decode measurement: on a shared machine the bandwidth
+    // available drifts within a run (on the 2-vCPU EPYC VM from 30 to 44 GB/s between two
+    // decodes a minute apart), so each decode rate is judged against the mean of the probes
+    // that bracket it. With one probe before it alone, the same commands run six times within
+    // half an hour gave fractions from 56% to 98%.
+    // Returns (tokens/s, fraction of the bound, the two probes).
+    let probe = || anatomy_runtime::backend::cpu::bandwidth::read_bandwidth(threads, 512 << 20, 3);
+    let decode = |s: &mut anatomy_runtime::Session| -> Result<(f64, f64, [f64; 2])> {
+        let before = probe();
         let t = Instant::now();
         for _ in 0..args.gen_tokens {
             let next = anatomy_runtime::sampling::argmax(s.logits()) % span;
             s.append(&[next])?;
         }
         let rate = args.gen_tokens as f64 / t.elapsed().as_secs_f64();
-        Ok((rate, rate / (bw / weight_bytes), bw))
+        let after = probe();
+        let bw = (before + after) / 2.0;
+        Ok((rate, rate / (bw / weight_bytes), [before, after]))
     };
     let (mut pp, mut tg, mut tg_after) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bws, mut frac, mut frac_after) = (Vec::new(), Vec::new(), Vec::new());
@@ -127,14 +134,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let (rate, f, bw) = decode(&mut s)?;
         tg.push(rate);
         frac.push(f);
-        bws.push(bw);
+        bws.extend(bw);
         let t = Instant::now();
         s.prefill(&prompt, None)?;
         pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
         let (rate, f, bw) = decode(&mut s)?;
         tg_after.push(rate);
         frac_after.push(f);
-        bws.push(bw);
+        bws.extend(bw);
     }
     let bw = median(bws);
     let (decode, decode_after) = (median(tg), median(tg_after));
