@@ -108,8 +108,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let weight_bytes = model.lm_file_bytes() as f64;
     // Each thread sums its share of 512 MiB (far larger than any cache), best of three passes,
     // right before and right after each decode measurement: on a shared machine the bandwidth
-    // available drifts within a run (on the 2-vCPU EPYC VM from 30 to 44 GB/s between two
-    // decodes a minute apart), so each decode rate is judged against the mean of the probes
+    // available drifts within a run (on the 2-vCPU EPYC VM from 29 to 44 GB/s within a quarter
+    // of an hour), so each decode rate is judged against the mean of the probes
     // that bracket it. With one probe before it alone, the same commands run six times within
     // half an hour gave fractions from 56% to 98%.
     // Returns (tokens/s, fraction of the bound, the two probes).
