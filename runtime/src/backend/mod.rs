@@ -138,10 +138,7 @@ pub trait Backend: Send + Sync + 'static {
         rows: usize,
         outs: &mut [&mut Self::Buffer],
     ) -> Result<(), BackendError> {
-        for (w, out) in w.iter().zip(outs.iter_mut()) {
-            self.matmul(ws, w, x, rows, out)?;
-        }
-        Ok(())
+        matmuls_one_by_one(self, ws, w, x, rows, outs)
     }
     /// Rows `ids` of a (possibly quantized) embedding table, decoded into `out[i, :]`.
     fn embed(
@@ -208,4 +205,20 @@ pub trait Backend: Send + Sync + 'static {
     fn gather_rows(&self, src: &Self::Buffer, index: &[usize], dst: &mut Self::Buffer, dim: usize);
     /// Index of the largest of `x[offset..offset + len]` (lowest index on ties).
     fn argmax(&self, x: &Self::Buffer, offset: usize, len: usize) -> u32;
+}
+
+/// [`Backend::matmuls`] as one `matmul` per matrix: the default, and a backend's way out where
+/// its one-pass form does not apply.
+pub fn matmuls_one_by_one<B: Backend + ?Sized>(
+    b: &B,
+    ws: &mut B::Workspace,
+    w: &[&B::Matrix],
+    x: &B::Buffer,
+    rows: usize,
+    outs: &mut [&mut B::Buffer],
+) -> Result<(), BackendError> {
+    for (w, out) in w.iter().zip(outs.iter_mut()) {
+        b.matmul(ws, w, x, rows, out)?;
+    }
+    Ok(())
 }

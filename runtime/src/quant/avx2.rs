@@ -64,8 +64,8 @@ pub(super) fn prefetch_ahead<const LINES: usize>(block: &[u8]) {
 /// How far ahead of the block being read its row is prefetched into L2, in bytes. Measured on
 /// the 3B decode (Zen 4 VM, tokens alternating between variants in one process, so both see the
 /// same memory): with it a token took 0.90-1.00x the time (median 0.94) at Q4_K_M with two
-/// threads, 0.91-0.97x at Q8_0, 0.92-0.94x with one thread. 12 KiB did about as well, 8 KiB less; 24 KiB lost with
-/// one thread. The same lines asked into L1 (`T0`) instead took 1.12-1.19x (L1 holds 32 KiB, so
+/// threads, 0.91-0.97x at Q8_0, 0.92-0.94x with one thread. 12 KiB did about as well, 8 KiB
+/// less; 24 KiB lost with one thread. The same lines asked into L1 (`T0`) instead took 1.12-1.19x (L1 holds 32 KiB, so
 /// far lines there push out the near ones before they are read). `T2` did as well as `T1`.
 pub(crate) const PREFETCH_L2: usize = 16384;
 

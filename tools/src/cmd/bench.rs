@@ -109,20 +109,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // Each thread sums its share of 512 MiB (far larger than any cache), best of three passes,
     // right before and right after each decode measurement: on a shared machine the bandwidth
     // available drifts within a run (on the 2-vCPU EPYC VM from 29 to 44 GB/s within a quarter
-    // of an hour), so each decode rate is judged against the mean of the probes
-    // that bracket it. With one probe before it alone, the same commands run six times within
-    // half an hour gave fractions from 56% to 98%.
+    // of an hour), so each decode rate is judged against the mean of the probes that bracket it.
+    // With one probe before it alone, the same commands run six times within half an hour gave
+    // fractions from 56% to 98%.
     // Returns (tokens/s, fraction of the bound, the two probes).
-    let probe = || anatomy_runtime::backend::cpu::bandwidth::read_bandwidth(threads, 512 << 20, 3);
     let decode = |s: &mut anatomy_runtime::Session| -> Result<(f64, f64, [f64; 2])> {
-        let before = probe();
+        let probe = anatomy_runtime::backend::cpu::bandwidth::ReadProbe::new(threads, 512 << 20);
+        let before = probe.best_rate(3);
         let t = Instant::now();
         for _ in 0..args.gen_tokens {
             let next = anatomy_runtime::sampling::argmax(s.logits()) % span;
             s.append(&[next])?;
         }
         let rate = args.gen_tokens as f64 / t.elapsed().as_secs_f64();
-        let after = probe();
+        let after = probe.best_rate(3);
         let bw = (before + after) / 2.0;
         Ok((rate, rate / (bw / weight_bytes), [before, after]))
     };

@@ -3,7 +3,7 @@
 //! the decode bound.
 //!
 //! The probe reads the way the dot kernels do (512-bit loads where the CPU has them, software
-//! prefetch the same distance ahead), so that a kernel cannot look faster than "memory" merely
+//! prefetch into L1 the same distance ahead), so that a kernel cannot look faster than "memory" merely
 //! because the probe was the weaker reader: measured on the 2-core VM, a plain summing loop (SSE2
 //! in a baseline build) read 25.5 GB/s with two threads where this one reads 29.8. The kernels'
 //! second prefetch, into L2 further ahead, is left out here: it made this plain stream no faster
@@ -21,44 +21,64 @@ pub fn read_sum(buf: &[u64]) -> u64 {
     buf.iter().fold(0u64, |a, &b| a.wrapping_add(b))
 }
 
-/// Best of `passes` read rates, bytes per second, of `threads` threads summing their share of a
-/// buffer of `bytes` bytes (rounded down to whole u64s).
+/// A buffer far larger than any cache for `threads` threads to stream, filled once, so that the
+/// probes bracketing a measurement share one allocation and its first touches.
 ///
 /// The buffer is on transparent huge pages where the OS grants them: weights read into memory
 /// (`Residence::Copied`) are, and on the 2-vCPU KVM VM 4 KiB pages read 0.85-0.9x as fast, so a
 /// probe on them would be the weaker reader again.
-pub fn read_bandwidth(threads: usize, bytes: usize, passes: usize) -> f64 {
-    let n = (bytes / 8).max(1);
-    let mut map = crate::gguf::huge_anon(n * 8).ok();
-    let mut vec = Vec::new();
-    let buf: &mut [u64] = match map.as_mut() {
-        Some(m) => bytemuck::cast_slice_mut(&mut m[..]),
-        None => {
-            vec.resize(n, 0u64);
-            &mut vec
+pub struct ReadProbe {
+    map: Option<memmap2::MmapMut>,
+    vec: Vec<u64>,
+    threads: usize,
+}
+
+impl ReadProbe {
+    /// A probe of `bytes` bytes (rounded down to whole u64s, at least one).
+    pub fn new(threads: usize, bytes: usize) -> Self {
+        let n = (bytes / 8).max(1);
+        let mut probe = Self {
+            map: crate::gguf::huge_anon(n * 8).ok(),
+            vec: Vec::new(),
+            threads: threads.max(1),
+        };
+        if probe.map.is_none() {
+            probe.vec.resize(n, 0);
         }
-    };
-    for (i, v) in buf.iter_mut().enumerate() {
-        *v = i as u64 % 7;
+        let buf: &mut [u64] = match probe.map.as_mut() {
+            Some(m) => bytemuck::cast_slice_mut(&mut m[..]),
+            None => &mut probe.vec,
+        };
+        for (i, v) in buf.iter_mut().enumerate() {
+            *v = i as u64 % 7;
+        }
+        probe
     }
-    let buf = &*buf;
-    let chunk = n.div_ceil(threads.max(1));
-    let mut best = 0.0f64;
-    for _ in 0..passes.max(1) {
-        let t = std::time::Instant::now();
-        let total: u64 = std::thread::scope(|s| {
-            let hs: Vec<_> = buf
-                .chunks(chunk)
-                .map(|c| s.spawn(move || read_sum(c)))
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().unwrap_or(0))
-                .fold(0u64, u64::wrapping_add)
-        });
-        std::hint::black_box(total);
-        best = best.max((n * 8) as f64 / t.elapsed().as_secs_f64());
+
+    /// Best of `passes` read rates, bytes per second, of the threads each summing their share.
+    pub fn best_rate(&self, passes: usize) -> f64 {
+        let buf: &[u64] = match &self.map {
+            Some(m) => bytemuck::cast_slice(&m[..]),
+            None => &self.vec,
+        };
+        let chunk = buf.len().div_ceil(self.threads);
+        let mut best = 0.0f64;
+        for _ in 0..passes.max(1) {
+            let t = std::time::Instant::now();
+            let total: u64 = std::thread::scope(|s| {
+                let hs: Vec<_> = buf
+                    .chunks(chunk)
+                    .map(|c| s.spawn(move || read_sum(c)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap_or(0))
+                    .fold(0u64, u64::wrapping_add)
+            });
+            std::hint::black_box(total);
+            best = best.max((buf.len() * 8) as f64 / t.elapsed().as_secs_f64());
+        }
+        best
     }
-    best
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -104,6 +124,8 @@ mod tests {
             let want = buf.iter().fold(0u64, |a, &b| a.wrapping_add(b));
             assert_eq!(super::read_sum(&buf), want, "n = {n}");
         }
-        assert!(super::read_bandwidth(2, 1 << 20, 1) > 0.0);
+        let probe = super::ReadProbe::new(2, 1 << 20);
+        assert!(probe.best_rate(1) > 0.0);
+        assert!(probe.best_rate(2) > 0.0);
     }
 }

@@ -354,10 +354,7 @@ impl Backend for CpuBackend {
                 std::array::from_fn(|_| it.next().map_or(&mut [][..], |b| &mut b.0[..]));
             return self.install(|| matmul::matvecs(ws, w, &x.0, &mut o[..w.len()]));
         }
-        for (w, out) in w.iter().zip(outs.iter_mut()) {
-            self.matmul(ws, w, x, rows, out)?;
-        }
-        Ok(())
+        super::matmuls_one_by_one(self, ws, w, x, rows, outs)
     }
 
     fn embed(
