@@ -7,10 +7,12 @@
 //! prompt's KV cache at every step; that is reported beside it (`decode_after_prompt_tok_s`).
 //!
 //! Decode is bound by streaming the weights once per token, so the report also gives the
-//! bandwidth bound (weight bytes / measured bandwidth) and the fraction of it reached, for both:
-//! the median over repetitions of each decode rate against the mean of two bandwidth probes, one
-//! taken just before it and one just after (`read_bandwidth_gb_s` and `decode_bound_tok_s` are
-//! the probes' median).
+//! bandwidth bound (weight bytes / measured bandwidth) and the fraction of it reached, for both.
+//! Bandwidth is probed before each decode and after every [`PROBE_EVERY`] tokens of it; each
+//! stretch of tokens is judged against the mean of the two probes around it, and a decode's
+//! fraction is the time the bound would have taken for its tokens over the time they took. The
+//! fractions are medians over repetitions; `read_bandwidth_gb_s` and `decode_bound_tok_s` are the
+//! probes' median.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -51,6 +53,10 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
 }
+
+/// Decoded tokens between two bandwidth probes: about a second at 3B sizes on two cores, so the
+/// probes (some 50 ms each) add a few percent to the run's wall time and none to the decode's.
+const PROBE_EVERY: usize = 16;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -107,24 +113,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .collect();
     let weight_bytes = model.lm_file_bytes() as f64;
     // Each thread sums its share of 512 MiB (far larger than any cache), best of three passes,
-    // right before and right after each decode measurement: on a shared machine the bandwidth
-    // available drifts within a run (on the 2-vCPU EPYC VM from 29 to 44 GB/s within a quarter
-    // of an hour), so each decode rate is judged against the mean of the probes that bracket it.
-    // With one probe before it alone, the same commands run six times within half an hour gave
-    // fractions from 56% to 98%.
-    // Returns (tokens/s, fraction of the bound, the two probes).
-    let decode = |s: &mut anatomy_runtime::Session| -> Result<(f64, f64, [f64; 2])> {
-        let probe = anatomy_runtime::backend::cpu::bandwidth::ReadProbe::new(threads, 512 << 20);
-        let before = probe.best_rate(3);
-        let t = Instant::now();
-        for _ in 0..args.gen_tokens {
-            let next = anatomy_runtime::sampling::argmax(s.logits()) % span;
-            s.append(&[next])?;
+    // before the decode and after every `PROBE_EVERY` tokens of it: on a shared machine the
+    // bandwidth available drifts within a run (on the 2-vCPU EPYC VM from 29 to 44 GB/s within a
+    // quarter of an hour), so each stretch of tokens is judged against the mean of the probes that
+    // bracket it. With one probe before a 128-token decode, the same commands run six times within
+    // half an hour gave fractions from 56% to 98%; with one before and one after, 70% to 98%.
+    let probe = anatomy_runtime::backend::cpu::bandwidth::ReadProbe::new(threads, 512 << 20);
+    // Returns (tokens/s, fraction of the bound, the probes).
+    let decode = |s: &mut anatomy_runtime::Session| -> Result<(f64, f64, Vec<f64>)> {
+        let mut probes = vec![probe.best_rate(3)];
+        // The time the decode took, and the time the bound would have taken for the same tokens.
+        let (mut spent, mut bound_time) = (0.0f64, 0.0f64);
+        let mut done = 0;
+        while done < args.gen_tokens {
+            let n = PROBE_EVERY.min(args.gen_tokens - done);
+            let t = Instant::now();
+            for _ in 0..n {
+                let next = anatomy_runtime::sampling::argmax(s.logits()) % span;
+                s.append(&[next])?;
+            }
+            spent += t.elapsed().as_secs_f64();
+            let after = probe.best_rate(3);
+            let bw = (probes[probes.len() - 1] + after) / 2.0;
+            bound_time += n as f64 * weight_bytes / bw;
+            probes.push(after);
+            done += n;
         }
-        let rate = args.gen_tokens as f64 / t.elapsed().as_secs_f64();
-        let after = probe.best_rate(3);
-        let bw = (before + after) / 2.0;
-        Ok((rate, rate / (bw / weight_bytes), [before, after]))
+        Ok((args.gen_tokens as f64 / spent, bound_time / spent, probes))
     };
     let (mut pp, mut tg, mut tg_after) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bws, mut frac, mut frac_after) = (Vec::new(), Vec::new(), Vec::new());
