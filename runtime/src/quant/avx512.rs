@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{f16_at, hsum, prefetch_ahead};
+use super::avx2::{f16_at, hsum, prefetch_ahead, q8_0_scales};
 use super::dequant::scales_mins_k4;
 
 /// The AVX-512 result for `ty`, or `None` when this CPU lacks AVX-512 BW/VNNI or `ty` has no
@@ -19,19 +19,25 @@ use super::dequant::scales_mins_k4;
 /// never read out of bounds).
 #[cfg(test)]
 pub(crate) fn vec_dot(ty: super::GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
-    let (f, reorder) = kernel(ty)?;
+    let (f, reorder) = detected_kernel(ty)?;
     let mut laid = a.to_vec();
     if let Some(reorder) = reorder {
         reorder(a, &mut laid);
     }
-    // SAFETY: `kernel` hands out only kernels whose features were detected.
+    // SAFETY: `detected_kernel` hands out only kernels whose features were detected.
     Some(unsafe { f(w, &laid) })
 }
 
-/// The kernel for `ty` when this CPU can run it (for a loop over rows that chooses once), with
+/// The kernel for `ty` when this CPU can run it and `ANATOMY_AVX512=0` is not set (for a loop
+/// over rows that chooses once), with
 /// the reordering of the activation row it reads, if it reads another layout than the
 /// `vec_dot_type`'s.
 pub(crate) fn kernel(ty: super::GgmlType) -> Option<(super::RowKernel, Option<super::Reorder>)> {
+    detected_kernel(ty).filter(|_| enabled())
+}
+
+/// [`kernel`] whatever `ANATOMY_AVX512` says.
+fn detected_kernel(ty: super::GgmlType) -> Option<(super::RowKernel, Option<super::Reorder>)> {
     use super::GgmlType;
     if !available() {
         return None;
@@ -49,6 +55,14 @@ pub(crate) fn kernel(ty: super::GgmlType) -> Option<(super::RowKernel, Option<su
 /// and later; Cascade Lake has AVX-512 VNNI without it).
 fn gfni() -> bool {
     is_x86_feature_detected!("gfni")
+}
+
+/// `ANATOMY_AVX512=0` sends the one-row dots to the AVX2 kernels: to compare the two, or to
+/// measure on a CPU that has both the path that CPUs without AVX-512 take. Read once; the tests
+/// call the kernels here directly, so they check them either way.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("ANATOMY_AVX512").map_or(true, |v| v.trim() != "0"))
 }
 
 fn available() -> bool {
@@ -299,7 +313,7 @@ unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
         // slices.
         unsafe {
             let scales = |b: &[u8]| {
-                let h = step_scales(b.try_into().unwrap_or(&[0; STEP]));
+                let h = q8_0_scales::<16>(b);
                 _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i))
             };
             let d = _mm512_mul_ps(scales(x), scales(y));
@@ -329,16 +343,6 @@ unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
         sum += d * s as f32;
     }
     sum
-}
-
-/// The sixteen f16 scales of a step of Q8_0 blocks, side by side.
-#[inline(always)]
-fn step_scales(b: &[u8; 16 * 34]) -> [u16; 16] {
-    let mut h = [0u16; 16];
-    for (i, h) in h.iter_mut().enumerate() {
-        *h = u16::from_le_bytes([b[34 * i], b[34 * i + 1]]);
-    }
-    h
 }
 
 /// The integer dots of two Q8_0 blocks (`x`, `y`: 68 bytes each) as floats: lanes 0..8 the
