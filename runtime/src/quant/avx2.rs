@@ -155,27 +155,39 @@ unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
     let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
+    // Byte shuffles of the eight scales (as i16, the same eight in both 128-bit lanes): `splat[j]`
+    // fills every i16 with scale j. Each used to be a scalar byte moved into a vector and
+    // broadcast, three instructions where this is one.
+    let splat: [__m256i; 8] =
+        std::array::from_fn(|j| _mm256_set1_epi16(((2 * j + 1) << 8 | 2 * j) as i16));
+    // Each min into both i16 halves of its i32 lane (mins 0-3 in the low 128-bit lane, 4-7 in
+    // the high), zeros between, so one madd applies it to the two 16-value sums of its sub-block.
+    let spread = _mm256_setr_epi8(
+        0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1, 4, -1, 4, -1, 5, -1, 5, -1, 6, -1,
+        6, -1, 7, -1, 7, -1,
+    );
     let mut acc = _mm256_setzero_ps();
     let mut acc_min = _mm256_setzero_ps();
     for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
         prefetch_ahead::<3>(x);
+        // d and dmin (lanes 0 and 1) times the activations' scale.
+        let head = u32::from_le_bytes([x[0], x[1], x[2], x[3]]);
         let yd = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
-        let (d, dmin) = (f16_at(x) * yd, f16_at(&x[2..]) * yd);
-        let words = scales_mins_k4(&x[4..16]);
-        let sc: [u8; 16] = bytemuck::cast(words);
-        let scm = _mm_set_epi32(
-            words[3] as i32,
-            words[2] as i32,
-            words[1] as i32,
-            words[0] as i32,
+        let dd = _mm_mul_ps(
+            _mm_cvtph_ps(_mm_cvtsi32_si128(head as i32)),
+            _mm_set1_ps(yd),
         );
-        // Σ_sub min · (sum of the sub-block's 32 activations): the activation block carries
-        // those sums as 16 pairs of i16, which one madd adds into the 8 sub-block sums.
-        let bsums = _mm256_madd_epi16(load32(y, 260), ones);
-        let mins = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(scm, scm));
-        let m = _mm256_mullo_epi32(bsums, mins);
-        acc_min = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(m), acc_min);
+        let [w0, w1, w2, w3] = scales_mins_k4(&x[4..16]);
+        let scales = (w1 as u64) << 32 | w0 as u64;
+        let mins = (w3 as u64) << 32 | w2 as u64;
+        let m16 = _mm256_shuffle_epi8(
+            _mm256_broadcastsi128_si256(_mm_cvtsi64_si128(mins as i64)),
+            spread,
+        );
+        let m = _mm256_madd_epi16(load32(y, 260), m16);
+        let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+        acc_min = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(m), acc_min);
+        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
         let mut sumi = _mm256_setzero_si256();
         for g in 0..4 {
             let q = load32(x, 16 + 32 * g);
@@ -183,12 +195,12 @@ unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
             let qh = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
             let pl = _mm256_maddubs_epi16(ql, load32(y, 4 + 64 * g));
             let ph = _mm256_maddubs_epi16(qh, load32(y, 4 + 64 * g + 32));
-            let s1 = _mm256_set1_epi16(sc[2 * g] as i16);
-            let s2 = _mm256_set1_epi16(sc[2 * g + 1] as i16);
+            let s1 = _mm256_shuffle_epi8(sc, splat[2 * g]);
+            let s2 = _mm256_shuffle_epi8(sc, splat[2 * g + 1]);
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, s1));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, s2));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum(acc) - hsum(acc_min)
 }
