@@ -303,4 +303,15 @@ fn no_mmap_answers_the_same_and_bench_reports_it() {
     ] {
         assert!(got[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {got}");
     }
+    // No tokens to time is an error, not a rate of NaN.
+    let out = anatomy(&[
+        "bench".as_ref(),
+        "--model".as_ref(),
+        lm.as_os_str(),
+        "--gen-tokens".as_ref(),
+        "0".as_ref(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--gen-tokens must be positive"), "{err}");
 }

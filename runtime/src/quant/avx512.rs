@@ -29,9 +29,8 @@ pub(crate) fn vec_dot(ty: super::GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
 }
 
 /// The kernel for `ty` when this CPU can run it and `ANATOMY_AVX512=0` is not set (for a loop
-/// over rows that chooses once), with
-/// the reordering of the activation row it reads, if it reads another layout than the
-/// `vec_dot_type`'s.
+/// over rows that chooses once), with the reordering of the activation row it reads, if it reads
+/// another layout than the `vec_dot_type`'s.
 pub(crate) fn kernel(ty: super::GgmlType) -> Option<(super::RowKernel, Option<super::Reorder>)> {
     detected_kernel(ty).filter(|_| enabled())
 }
@@ -289,9 +288,9 @@ fn i16_indices(f: impl Fn(usize) -> usize) -> __m512i {
 /// per two blocks) they held the kernel to 8.6 GB/s with the data in cache, where the integer
 /// part alone ran at 39; fetched by one gather per operand, to 22.5 (a Zen 4 gather of sixteen
 /// lanes costs about as much as the eight pairs' products). Here sixteen plain two-byte reads per
-/// operand fill a small array that one load and one conversion widen: 35-36 GB/s in cache on the
-/// same VM, 1.6x the gathers. Each pair of blocks takes its two scales from that vector with one
-/// permute.
+/// operand ([`q8_0_scales`]) fill a small array that one load and one conversion widen:
+/// 29.5-31 GB/s in cache on the same VM, 1.35x the gathers. Each pair of blocks takes its two
+/// scales from that vector with one permute.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
     const STEP: usize = 16 * 34;

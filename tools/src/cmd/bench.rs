@@ -64,8 +64,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    if args.reps == 0 || args.prompt_tokens == 0 {
-        bail!("--reps and --prompt-tokens must be positive");
+    if args.reps == 0 || args.prompt_tokens == 0 || args.gen_tokens == 0 {
+        bail!("--reps, --prompt-tokens and --gen-tokens must be positive");
     }
     let opts = ModelOptions {
         threads: args.threads,
