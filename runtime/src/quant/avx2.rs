@@ -159,7 +159,7 @@ unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
     // fills every i16 with scale j. Each used to be a scalar byte moved into a vector and
     // broadcast, three instructions where this is one.
     let splat: [__m256i; 8] =
-        std::array::from_fn(|j| _mm256_set1_epi16(((2 * j + 1) << 8 | 2 * j) as i16));
+        std::array::from_fn(|j| _mm256_set1_epi16((((2 * j + 1) << 8) | (2 * j)) as i16));
     // Each min into both i16 halves of its i32 lane (mins 0-3 in the low 128-bit lane, 4-7 in
     // the high), zeros between, so one madd applies it to the two 16-value sums of its sub-block.
     let spread = _mm256_setr_epi8(
