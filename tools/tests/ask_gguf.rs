@@ -303,6 +303,13 @@ fn no_mmap_answers_the_same_and_bench_reports_it() {
     ] {
         assert!(got[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {got}");
     }
+    let bw = |k: &str| got[k].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        bw("read_bandwidth_min_gb_s") > 0.0
+            && bw("read_bandwidth_min_gb_s") <= bw("read_bandwidth_gb_s")
+            && bw("read_bandwidth_gb_s") <= bw("read_bandwidth_max_gb_s"),
+        "{got}"
+    );
     // No tokens to time is an error, not a rate of NaN.
     let out = anatomy(&[
         "bench".as_ref(),

@@ -12,7 +12,8 @@
 //! stretch of tokens is judged against the mean of the two probes around it, and a decode's
 //! fraction is the time the bound would have taken for its tokens over the time they took. The
 //! fractions are medians over repetitions; `read_bandwidth_gb_s` and `decode_bound_tok_s` are the
-//! probes' median.
+//! probes' median, and `read_bandwidth_min_gb_s` / `read_bandwidth_max_gb_s` their range, which
+//! shows how far the machine drifted during the run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -158,6 +159,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         frac_after.push(f);
         bws.extend(bw);
     }
+    let (bw_min, bw_max) = bws.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &b| {
+        (lo.min(b), hi.max(b))
+    });
     let bw = median(bws);
     let (decode, decode_after) = (median(tg), median(tg_after));
     let bound = bw / weight_bytes;
@@ -176,6 +180,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "decode_tok_s": decode,
         "decode_after_prompt_tok_s": decode_after,
         "read_bandwidth_gb_s": bw / 1e9,
+        "read_bandwidth_min_gb_s": bw_min / 1e9,
+        "read_bandwidth_max_gb_s": bw_max / 1e9,
         "lm_file_bytes": model.lm_file_bytes(),
         "decode_bound_tok_s": bound,
         "decode_fraction_of_bound": median(frac),
