@@ -3,11 +3,11 @@
 //! the decode bound.
 //!
 //! The probe reads the way the dot kernels do (512-bit loads where the CPU has them, software
-//! prefetch into L1 the same distance ahead), so that a kernel cannot look faster than "memory" merely
-//! because the probe was the weaker reader: measured on the 2-core VM, a plain summing loop (SSE2
-//! in a baseline build) read 25.5 GB/s with two threads where this one reads 29.8. The kernels'
-//! second prefetch, into L2 further ahead, is left out here: it made this plain stream no faster
-//! with two threads (0.96-1.16x, alternating) and slower with one (0.86-0.96x).
+//! prefetch into L1 the same distance ahead), so that a kernel cannot look faster than "memory"
+//! merely because the probe was the weaker reader: measured on the 2-core VM, a plain summing
+//! loop (SSE2 in a baseline build) read 25.5 GB/s with two threads where this one reads 29.8. The
+//! kernels' second prefetch, into L2 further ahead, is left out here: it made this plain stream no
+//! faster with two threads (0.96-1.16x, alternating) and slower with one (0.86-0.96x).
 
 /// Wrapping sum of `buf`, read once front to back.
 pub fn read_sum(buf: &[u64]) -> u64 {
@@ -28,39 +28,52 @@ pub fn read_sum(buf: &[u64]) -> u64 {
 /// (`Residence::Copied`) are, and on the 2-vCPU KVM VM 4 KiB pages read 0.85-0.9x as fast, so a
 /// probe on them would be the weaker reader again.
 pub struct ReadProbe {
-    map: Option<memmap2::MmapMut>,
-    vec: Vec<u64>,
+    buf: Buffer,
     threads: usize,
+}
+
+/// Huge-page memory where the OS grants it, an ordinary vector otherwise.
+enum Buffer {
+    Huge(memmap2::MmapMut),
+    Plain(Vec<u64>),
+}
+
+impl Buffer {
+    fn words(&self) -> &[u64] {
+        match self {
+            Buffer::Huge(m) => bytemuck::cast_slice(&m[..]),
+            Buffer::Plain(v) => v,
+        }
+    }
+
+    fn words_mut(&mut self) -> &mut [u64] {
+        match self {
+            Buffer::Huge(m) => bytemuck::cast_slice_mut(&mut m[..]),
+            Buffer::Plain(v) => v,
+        }
+    }
 }
 
 impl ReadProbe {
     /// A probe of `bytes` bytes (rounded down to whole u64s, at least one).
     pub fn new(threads: usize, bytes: usize) -> Self {
         let n = (bytes / 8).max(1);
-        let mut probe = Self {
-            map: crate::gguf::huge_anon(n * 8).ok(),
-            vec: Vec::new(),
-            threads: threads.max(1),
+        let mut buf = match crate::gguf::huge_anon(n * 8) {
+            Ok(m) => Buffer::Huge(m),
+            Err(_) => Buffer::Plain(vec![0; n]),
         };
-        if probe.map.is_none() {
-            probe.vec.resize(n, 0);
-        }
-        let buf: &mut [u64] = match probe.map.as_mut() {
-            Some(m) => bytemuck::cast_slice_mut(&mut m[..]),
-            None => &mut probe.vec,
-        };
-        for (i, v) in buf.iter_mut().enumerate() {
+        for (i, v) in buf.words_mut().iter_mut().enumerate() {
             *v = i as u64 % 7;
         }
-        probe
+        Self {
+            buf,
+            threads: threads.max(1),
+        }
     }
 
     /// Best of `passes` read rates, bytes per second, of the threads each summing their share.
     pub fn best_rate(&self, passes: usize) -> f64 {
-        let buf: &[u64] = match &self.map {
-            Some(m) => bytemuck::cast_slice(&m[..]),
-            None => &self.vec,
-        };
+        let buf = self.buf.words();
         let chunk = buf.len().div_ceil(self.threads);
         let mut best = 0.0f64;
         for _ in 0..passes.max(1) {
