@@ -39,7 +39,7 @@ pub fn vec_dot(
 
 /// `out[r] = Σ w_r·a` for the consecutive weight rows `w_r` of `n` elements each that fill `w`:
 /// one check and one choice of kernel for all of them (per row, those cost a few percent of a
-/// decode step), and the activation row reordered once where the kernel reads another layout.
+/// decode step), and the activation row laid out once where the kernel reads another layout.
 pub fn vec_dot_rows(
     ty: GgmlType,
     n: usize,
@@ -68,17 +68,13 @@ pub fn vec_dot_rows(
         let mut rows = |a: &[u8]| {
             for (row, o) in w.chunks_exact(rb).zip(out.iter_mut()) {
                 // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected
-                // (NEON is part of the aarch64 base); each row and `a` (reordered or not: the
-                // same length) hold the same number of blocks (checked above).
+                // (NEON is part of the aarch64 base); each row and `a` (laid out or not) hold
+                // the same number of blocks (checked above; a layout keeps the block count).
                 *o = unsafe { f(row, a) };
             }
         };
         match reorder {
-            Some(reorder) => REORDERED.with_borrow_mut(|buf| {
-                buf.resize(a.len(), 0);
-                reorder(a, buf);
-                rows(buf);
-            }),
+            Some(reorder) => REORDERED.with_borrow_mut(|buf| rows(reorder(a, buf))),
             None => rows(a),
         }
         return Ok(());
@@ -91,7 +87,7 @@ pub fn vec_dot_rows(
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 thread_local! {
-    /// The activation row reordered for a kernel that reads another layout than the
+    /// The activation row laid out for a kernel that reads another layout than the
     /// `vec_dot_type`'s: one buffer per thread, grown once, so that decoding allocates nothing
     /// per token.
     static REORDERED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

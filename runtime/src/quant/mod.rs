@@ -44,10 +44,11 @@ pub use types::{GgmlType, QK, QK_K};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) type RowKernel = unsafe fn(&[u8], &[u8]) -> f32;
 
-/// Rewrites an activation row (`vec_dot_type` blocks) into the layout a row kernel reads; the
-/// output has the input's length.
+/// Rewrites an activation row (`vec_dot_type` blocks) into the layout a row kernel reads, in the
+/// buffer (grown as needed), and returns that layout: a slice of the buffer, which may start past
+/// its beginning (for alignment) and need not have the input's length.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) type Reorder = fn(&[u8], &mut [u8]);
+pub(crate) type Reorder = for<'b> fn(&[u8], &'b mut Vec<u8>) -> &'b [u8];
 
 /// Misuse of the row functions: a buffer whose length does not match the type's block geometry.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
