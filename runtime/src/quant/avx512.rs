@@ -452,10 +452,13 @@ mod tests {
             return;
         }
         let vals = super::super::test_values::xorshift_values;
-        // Q8_0 rows of 1 to 19 blocks, odd counts too: the kernel takes sixteen blocks per step,
+        // Q8_0 rows of 1 to 35 blocks, odd counts too: the kernel takes sixteen blocks per step,
         // then pairs, then a last single block.
-        for seed in 0..10u64 {
-            let n = 32 * (2 * seed as usize + 1);
+        for (seed, blocks) in [1, 2, 3, 5, 8, 11, 15, 16, 17, 19, 32, 34, 35]
+            .into_iter()
+            .enumerate()
+        {
+            let (seed, n) = (seed as u64, 32 * blocks);
             let (x, a) = (vals(n, 3 * seed + 5), vals(n, 3 * seed + 6));
             let w = quantize_to_vec(GgmlType::Q8_0, &x).unwrap();
             let act = quantize_to_vec(GgmlType::Q8_0, &a).unwrap();
