@@ -101,6 +101,8 @@ fn align_q8_k<'b>(a: &[u8], buf: &'b mut Vec<u8>) -> &'b [u8] {
 fn lay_out_q8_k<'b>(a: &[u8], buf: &'b mut Vec<u8>, chunks: [usize; 4]) -> &'b [u8] {
     let blocks = a.len() / 292;
     buf.resize(blocks * LAID + 64, 0);
+    // `align_offset` may answer "never" (usize::MAX) in general; the 64 spare bytes cover any
+    // answer up to 64, and the kernels read unaligned rows correctly, only slower.
     let start = buf.as_ptr().align_offset(64).min(64);
     let out = &mut buf[start..start + blocks * LAID];
     for (src, dst) in a.chunks_exact(292).zip(out.chunks_exact_mut(LAID)) {
@@ -192,11 +194,11 @@ unsafe fn q4_k(w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// Q6_K weights (210-byte blocks: 128 bytes of low nibbles, 64 of high bit pairs, 16 signed
-/// scales, f16 scale) against Q8_K activations laid out by [`align_q8_k`]. A 64-byte vector holds 64 consecutive values of
-/// a half block (low nibbles of `ql`, then its second 32 bytes' low nibbles; or both high
-/// nibbles), so its activations are one contiguous load. The `-32` offset of every value is
-/// taken out once per block from the activation sums Q8_K carries: Σ s_j (q - 32)·y over group j
-/// is Σ s_j q·y - 32 Σ s_j bsum_j.
+/// scales, f16 scale) against Q8_K activations laid out by [`align_q8_k`]. A 64-byte vector holds
+/// 64 consecutive values of a half block (low nibbles of `ql`, then its second 32 bytes' low
+/// nibbles; or both high nibbles), so its activations are one contiguous load. The `-32` offset
+/// of every value is taken out once per block from the activation sums Q8_K carries:
+/// Σ s_j (q - 32)·y over group j is Σ s_j q·y - 32 Σ s_j bsum_j.
 ///
 /// As in Q4_K, `vpdpbusd` sums four products per i32 lane (|4·63·128| < 2¹⁵, so two vectors pack
 /// into one of i16) and one `vpdpwssd` per pair of vectors applies the scales. The high bit pairs
