@@ -298,8 +298,7 @@ unsafe fn q6_k(w: &[u8], a: &[u8]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::quantize::quantize_to_vec;
-    use super::super::{vec_dot_scalar, GgmlType};
+    use super::super::GgmlType;
 
     /// The kernels against the scalar reference: Q8_0 rows of 1 to 19 blocks (eight-block steps,
     /// then pairs, then a last block) and the shared cases with extreme levels; on a CPU without
@@ -310,18 +309,7 @@ mod tests {
             eprintln!("no AVX2/FMA/F16C on this CPU: the kernels are not exercised here");
             return;
         }
-        let vals = super::super::test_values::xorshift_values;
-        let mut cases: Vec<_> = (1..20u64)
-            .map(|blocks| {
-                let n = 32 * blocks as usize;
-                let (x, a) = (vals(n, 3 * blocks + 5), vals(n, 3 * blocks + 6));
-                let w = quantize_to_vec(GgmlType::Q8_0, &x).unwrap();
-                let act = quantize_to_vec(GgmlType::Q8_0, &a).unwrap();
-                let want = vec_dot_scalar(GgmlType::Q8_0, n, &w, GgmlType::Q8_0, &act).unwrap();
-                (GgmlType::Q8_0, n, w, act, want)
-            })
-            .collect();
-        cases.extend(super::super::kernel_cases());
+        let cases = super::super::q8_0_cases(1..20).chain(super::super::kernel_cases());
         for (ty, n, w, act, want) in cases {
             let got = super::vec_dot(ty, &w, &act).unwrap();
             assert!(

@@ -409,8 +409,7 @@ unsafe fn pair(x: &[u8], y: &[u8], zero: __m512i) -> __m512 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::quantize::quantize_to_vec;
-    use super::super::{vec_dot_scalar, GgmlType};
+    use super::super::GgmlType;
 
     /// Both layouts start on a cache line whatever the buffer held before, keep every byte of the
     /// block but the values' order, and put chunks 1 and 2 of each half where `pair_q8_k` says.
@@ -453,18 +452,10 @@ mod tests {
             eprintln!("no AVX-512 BW/VNNI on this CPU: the kernel is not exercised here");
             return;
         }
-        let vals = super::super::test_values::xorshift_values;
         // Q8_0 rows of 1 to 35 blocks, odd counts too: the kernel takes sixteen blocks per step,
         // then pairs, then a last single block.
-        for (seed, blocks) in [1, 2, 3, 5, 8, 11, 15, 16, 17, 19, 32, 34, 35]
-            .into_iter()
-            .enumerate()
-        {
-            let (seed, n) = (seed as u64, 32 * blocks);
-            let (x, a) = (vals(n, 3 * seed + 5), vals(n, 3 * seed + 6));
-            let w = quantize_to_vec(GgmlType::Q8_0, &x).unwrap();
-            let act = quantize_to_vec(GgmlType::Q8_0, &a).unwrap();
-            let want = vec_dot_scalar(GgmlType::Q8_0, n, &w, GgmlType::Q8_0, &act).unwrap();
+        let blocks = [1, 2, 3, 5, 8, 11, 15, 16, 17, 19, 32, 34, 35];
+        for (_, n, w, act, want) in super::super::q8_0_cases(blocks) {
             let got = super::vec_dot(GgmlType::Q8_0, &w, &act).unwrap();
             assert!(
                 (got - want).abs() <= 1e-5 * want.abs().max(1.0),

@@ -145,6 +145,24 @@ pub(crate) fn kernel_cases() -> impl Iterator<Item = (GgmlType, usize, Vec<u8>, 
     })
 }
 
+/// Q8_0 rows of each count of 32-value blocks in `blocks`, as [`kernel_cases`] gives them: the
+/// Q8_0 kernels take several blocks per step, then pairs, then a last block, so their tests need
+/// short rows of every remainder.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn q8_0_cases(
+    blocks: impl IntoIterator<Item = usize>,
+) -> impl Iterator<Item = (GgmlType, usize, Vec<u8>, Vec<u8>, f32)> {
+    blocks.into_iter().map(|blocks| {
+        let (n, seed) = (32 * blocks, blocks as u64);
+        let x = test_values::xorshift_values(n, 3 * seed + 5);
+        let a = test_values::xorshift_values(n, 3 * seed + 6);
+        let w = quantize::quantize_to_vec(GgmlType::Q8_0, &x).unwrap();
+        let act = quantize::quantize_to_vec(GgmlType::Q8_0, &a).unwrap();
+        let want = vec_dot_scalar(GgmlType::Q8_0, n, &w, GgmlType::Q8_0, &act).unwrap();
+        (GgmlType::Q8_0, n, w, act, want)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     /// The magic-number rounding equals round-half-even on ties, near the range limit and past it.
