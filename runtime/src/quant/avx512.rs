@@ -118,6 +118,18 @@ fn lay_out_q8_k<'b>(a: &[u8], buf: &'b mut Vec<u8>, chunks: [usize; 4]) -> &'b [
     out
 }
 
+/// Instantiates a kernel macro twice: for AVX-512 CPUs without GFNI, and with it.
+macro_rules! without_and_with_gfni {
+    ($kernel:ident, $plain:ident, $gfni:ident) => {
+        $kernel!($plain, "avx512f,avx512bw,avx512vnni,avx2,fma,f16c", false);
+        $kernel!(
+            $gfni,
+            "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni",
+            true
+        );
+    };
+}
+
 /// Q4_K weights (144-byte blocks) against Q8_K activations (f32 scale, 256 values, 16 sums of 16
 /// values as i16) laid out by [`pair_q8_k`].
 ///
@@ -211,12 +223,7 @@ macro_rules! q4_k_kernel {
     };
 }
 
-q4_k_kernel!(q4_k, "avx512f,avx512bw,avx512vnni,avx2,fma,f16c", false);
-q4_k_kernel!(
-    q4_k_gfni,
-    "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni",
-    true
-);
+without_and_with_gfni!(q4_k_kernel, q4_k, q4_k_gfni);
 
 /// Q6_K weights (210-byte blocks: 128 bytes of low nibbles, 64 of high bit pairs, 16 signed
 /// scales, f16 scale) against Q8_K activations laid out by [`align_q8_k`]. A 64-byte vector holds
@@ -322,12 +329,7 @@ macro_rules! q6_k_kernel {
     };
 }
 
-q6_k_kernel!(q6_k, "avx512f,avx512bw,avx512vnni,avx2,fma,f16c", false);
-q6_k_kernel!(
-    q6_k_gfni,
-    "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni",
-    true
-);
+without_and_with_gfni!(q6_k_kernel, q6_k, q6_k_gfni);
 
 /// 64 byte indices, byte `k` holding `f(k)`.
 #[target_feature(enable = "avx512f")]
