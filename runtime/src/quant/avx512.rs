@@ -494,14 +494,15 @@ mod tests {
             let avx2 = super::super::avx2::vec_dot(ty, &w, &act).unwrap();
             let mut results = vec![("avx512", got), ("avx2", avx2)];
             // The Q4_K and Q6_K kernels with and without GFNI, whichever `kernel` chose on this
-            // CPU, on the layouts they read.
-            use super::super::{Reorder, RowKernel};
-            let variants: Option<(RowKernel, RowKernel, Reorder)> = match ty {
-                GgmlType::Q4_K => Some((super::q4_k, super::q4_k_gfni, super::pair_q8_k)),
-                GgmlType::Q6_K => Some((super::q6_k, super::q6_k_gfni, super::align_q8_k)),
+            // CPU, on the layout the dispatch reads them with.
+            use super::super::RowKernel;
+            let variants: Option<(RowKernel, RowKernel)> = match ty {
+                GgmlType::Q4_K => Some((super::q4_k, super::q4_k_gfni)),
+                GgmlType::Q6_K => Some((super::q6_k, super::q6_k_gfni)),
                 _ => None,
             };
-            if let Some((plain, with_gfni, lay_out)) = variants {
+            let lay_out = super::detected_kernel(ty).and_then(|(_, reorder)| reorder);
+            if let (Some((plain, with_gfni)), Some(lay_out)) = (variants, lay_out) {
                 let mut buf = Vec::new();
                 let laid = lay_out(&act, &mut buf);
                 // SAFETY: the features of each were detected (`available`, `gfni`).
