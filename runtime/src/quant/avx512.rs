@@ -1,7 +1,7 @@
 //! AVX-512 (BW + VNNI) dot products for Q4_K and Q6_K, the formats of a Q4_K_M file's weights, and
-//! Q8_0, chosen at run time by `dot::vec_dot_rows` ahead of the AVX2 kernels; Q4_K and Q6_K with
-//! GFNI where the CPU has it. The Q4_K and Q6_K kernels read their Q8_K activation row laid out on
-//! cache-line boundaries (`pair_q8_k`, `align_q8_k`), which `dot::vec_dot_rows` does once per call.
+//! Q8_0, chosen at run time by `dot::RowDots` ahead of the AVX2 kernels; Q4_K and Q6_K with GFNI
+//! where the CPU has it. The Q4_K and Q6_K kernels read their Q8_K activation row laid out on
+//! cache-line boundaries (`pair_q8_k`, `align_q8_k`), which `dot::RowDots` does once per row.
 //!
 //! Decoding one token streams every weight once, so the kernel has to keep up with memory: the
 //! AVX2 kernel spends about 76 instructions on a 144-byte block and, measured, reads 8.5 GB/s on

@@ -35,7 +35,7 @@ mod neon;
 pub(crate) use avx2::PREFETCH as PREFETCH_BYTES;
 
 pub use dequant::{dequantize_row, dequantize_row_scalar};
-pub use dot::{vec_dot, vec_dot_rows, vec_dot_scalar};
+pub use dot::{vec_dot, vec_dot_rows, vec_dot_scalar, RowDots};
 pub use quantize::quantize_row;
 pub use types::{GgmlType, QK, QK_K};
 

@@ -14,7 +14,7 @@ use super::simd::dot as dot_f32;
 use super::{amx, int8};
 use super::{CpuMatrix, CpuWorkspace, ManyRows};
 use crate::backend::BackendError;
-use crate::quant::{dequantize_row, quantize_row, vec_dot_rows, GgmlType};
+use crate::quant::{dequantize_row, quantize_row, vec_dot_rows, GgmlType, RowDots};
 
 /// From this many activation rows on, weights are decoded once per panel and multiplied by the AMX
 /// tile kernel (`amx`), or without AMX by the int8 kernel (`int8`, for the types it decodes) or
@@ -178,6 +178,17 @@ pub(super) fn matvecs(
     let q = &mut ws.quantized[..arb];
     quantize_row(vt, &x[..k], q).map_err(|e| err(w[0], e))?;
     let q = &*q;
+    // The row made ready once per weight type (q, k and v usually share one), not once per task.
+    let [b0, b1, b2] = &mut ws.laid;
+    let d0 = RowDots::new(w[0].ty, k, vt, q, b0).map_err(|e| err(w[0], e))?;
+    let mut dots = [d0; MAX_FUSED];
+    for (t, buf) in [(1, b1), (2, b2)] {
+        let Some(m) = w.get(t) else { break };
+        dots[t] = match (0..t).find(|&s| w[s].ty == m.ty) {
+            Some(s) => dots[s],
+            None => RowDots::new(m.ty, k, vt, q, buf).map_err(|e| err(m, e))?,
+        };
+    }
     let per = rows_per_task(w.iter().map(|m| m.rows).sum());
     let bytes: [&[u8]; MAX_FUSED] =
         std::array::from_fn(|t| w.get(t).map_or(&[][..], |m| m.bytes()));
@@ -195,7 +206,7 @@ pub(super) fn matvecs(
             let m = w[t];
             let j0 = c * per;
             let rows = &bytes[t][j0 * m.row_bytes..(j0 + o.len()) * m.row_bytes];
-            vec_dot_rows(m.ty, k, rows, vt, q, o).map_err(|e| err(m, e))
+            dots[t].rows(rows, o).map_err(|e| err(m, e))
         })
 }
 
