@@ -16,7 +16,7 @@ use super::types::GgmlType;
 #[cfg(test)]
 pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
     // SAFETY: `kernel` hands out only kernels whose features were detected.
-    kernel(ty).map(|f| unsafe { f(w, a) })
+    kernel(ty).map(|f| unsafe { super::one_row(f, w, a) })
 }
 
 /// The kernel for `ty` when this CPU can run it (for a loop over rows that chooses once).
@@ -28,12 +28,16 @@ pub(crate) fn kernel(ty: GgmlType) -> Option<super::RowKernel> {
         return None;
     }
     match ty {
-        GgmlType::Q8_0 => Some(q8_0),
-        GgmlType::Q4_K => Some(q4_k),
-        GgmlType::Q6_K => Some(q6_k),
+        GgmlType::Q8_0 => Some(q8_0_rows),
+        GgmlType::Q4_K => Some(q4_k_rows),
+        GgmlType::Q6_K => Some(q6_k_rows),
         _ => None,
     }
 }
+
+over_rows!(q8_0_rows, q8_0, "avx2,fma,f16c");
+over_rows!(q4_k_rows, q4_k, "avx2,fma,f16c");
+over_rows!(q6_k_rows, q6_k, "avx2,fma,f16c");
 
 /// The f16 at `b[0..2]` widened with F16C: the scalar `f16_at` is an out-of-line call per block,
 /// which cost a seventh of decode time.

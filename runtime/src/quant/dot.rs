@@ -113,14 +113,18 @@ impl<'a> RowDots<'a> {
                 expected: rb * out.len(),
             });
         }
+        if rb == 0 {
+            // No elements: every dot is an empty sum.
+            out.fill(0.0);
+            return Ok(());
+        }
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         if let Some(f) = self.kernel {
-            for (row, o) in w.chunks_exact(rb).zip(out.iter_mut()) {
-                // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected
-                // (NEON is part of the aarch64 base); each row and `a` (laid out or not) hold the
-                // same number of blocks (checked in `new`; a layout keeps the block count).
-                *o = unsafe { f(row, self.a) };
-            }
+            // SAFETY: `simd_kernel` hands out only kernels whose CPU features were detected
+            // (NEON is part of the aarch64 base); `rb > 0`, and each row and `a` (laid out or
+            // not) hold the same number of blocks (checked in `new`; a layout keeps the block
+            // count).
+            unsafe { f(w, rb, self.a, out) };
             return Ok(());
         }
         for (row, o) in w.chunks_exact(rb).zip(out.iter_mut()) {

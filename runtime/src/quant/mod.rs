@@ -24,6 +24,21 @@ pub mod search;
 pub mod test_values;
 pub mod types;
 
+/// Wraps a kernel of one row (`unsafe fn(&[u8], &[u8]) -> f32`, compiled for `$features`) into a
+/// [`RowKernel`] for the same features, so the one-row kernel is inlined into the loop over rows.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! over_rows {
+    ($rows:ident, $one:ident, $features:literal) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $rows(w: &[u8], row_bytes: usize, a: &[u8], out: &mut [f32]) {
+            for (row, o) in w.chunks_exact(row_bytes).zip(out) {
+                // SAFETY: the contract of `$rows` is that of `$one` for each row.
+                *o = unsafe { $one(row, a) };
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -39,10 +54,28 @@ pub use dot::{vec_dot, vec_dot_rows, vec_dot_scalar, RowDots};
 pub use quantize::quantize_row;
 pub use types::{GgmlType, QK, QK_K};
 
-/// A dot-product kernel of one weight row with one activation row, built for CPU features that
-/// must be detected before it is called.
+/// A dot-product kernel of consecutive weight rows with one activation row, built for CPU
+/// features that must be detected before it is called: `kernel(w, row_bytes, a, out)` sets
+/// `out[r]` to the dot of `w`'s row `r` (`row_bytes > 0` bytes, as many blocks as `a` holds) for
+/// every `r < out.len()`. One call per task's rows, not per row: the loop over rows then keeps the
+/// kernel's constants in registers and its row loop inlined, which took the AVX-512 Q6_K kernel
+/// from 34.9 to 36.3 GB/s with 2048-value rows in L2 (one Zen 4 core).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) type RowKernel = unsafe fn(&[u8], &[u8]) -> f32;
+pub(crate) type RowKernel = unsafe fn(&[u8], usize, &[u8], &mut [f32]);
+
+/// The dot of one weight row `w` with `a` through a [`RowKernel`] (for the kernels' tests).
+///
+/// # Safety
+/// `f`'s CPU features must have been detected.
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) unsafe fn one_row(f: RowKernel, w: &[u8], a: &[u8]) -> f32 {
+    let mut out = [0f32];
+    if !w.is_empty() {
+        // SAFETY: the caller's.
+        unsafe { f(w, w.len(), a, &mut out) };
+    }
+    out[0]
+}
 
 /// Rewrites an activation row (`vec_dot_type` blocks) into the layout a row kernel reads, in the
 /// buffer (grown as needed), and returns that layout: a slice of the buffer, which may start past

@@ -17,18 +17,22 @@ use super::types::GgmlType;
 /// The kernel for `ty`, or `None` when `ty` has no NEON kernel.
 pub(crate) fn kernel(ty: GgmlType) -> Option<super::RowKernel> {
     match ty {
-        GgmlType::Q8_0 => Some(q8_0),
-        GgmlType::Q4_K => Some(q4_k),
-        GgmlType::Q6_K => Some(q6_k),
+        GgmlType::Q8_0 => Some(q8_0_rows),
+        GgmlType::Q4_K => Some(q4_k_rows),
+        GgmlType::Q6_K => Some(q6_k_rows),
         _ => None,
     }
 }
+
+over_rows!(q8_0_rows, q8_0, "neon");
+over_rows!(q4_k_rows, q4_k, "neon");
+over_rows!(q6_k_rows, q6_k, "neon");
 
 /// The NEON result for `ty` (tests compare it with the scalar kernel).
 #[cfg(test)]
 pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
     // SAFETY: NEON is part of the aarch64 base; the tests pass rows of equal block counts.
-    kernel(ty).map(|f| unsafe { f(w, a) })
+    kernel(ty).map(|f| unsafe { super::one_row(f, w, a) })
 }
 
 /// 16 bytes from `b[off..off + 16]`.
