@@ -11,6 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::kernels::{MAX_HEAD_DIM, MAX_Q};
+use super::simd::x86::exp512 as exp;
 
 /// Keys per step: one per lane of a score vector.
 const KEYS: usize = 16;
@@ -260,37 +261,6 @@ fn sum16(a: &[__m512; 16]) -> __m512 {
     )
 }
 
-/// `e^x` to about 1 ulp of f32 over the range softmax needs (Cephes' `expf` polynomial); inputs
-/// below -100 give 0 (or a denormal), never NaN for finite or -inf input.
-#[target_feature(enable = "avx512f")]
-fn exp(x: __m512) -> __m512 {
-    let x = _mm512_min_ps(
-        _mm512_max_ps(x, _mm512_set1_ps(-100.0)),
-        _mm512_set1_ps(88.0),
-    );
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-    );
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut y = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
-    }
-    let y = _mm512_fmadd_ps(
-        y,
-        _mm512_mul_ps(r, r),
-        _mm512_add_ps(r, _mm512_set1_ps(1.0)),
-    );
-    _mm512_scalef_ps(y, n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,35 +325,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn vector_exp_matches_the_library_exp() {
-        if !is_x86_feature_detected!("avx512f") {
-            eprintln!("no AVX-512F here: the vector exp is not used on this machine");
-            return;
-        }
-        let mut worst = 0f32;
-        let mut x = -90.0f32;
-        while x < 87.0 {
-            let xs: [f32; 16] = std::array::from_fn(|i| x + i as f32 * 0.0071);
-            let mut got = [0f32; 16];
-            // SAFETY: AVX-512F detected; 16 floats each way.
-            unsafe {
-                _mm512_storeu_ps(got.as_mut_ptr(), exp(_mm512_loadu_ps(xs.as_ptr())));
-            }
-            for (g, v) in got.iter().zip(xs) {
-                let want = (v as f64).exp();
-                if want > 1e-30 {
-                    worst = worst.max(((*g as f64 - want) / want).abs() as f32);
-                }
-            }
-            x += 0.113;
-        }
-        assert!(worst < 4e-7, "worst relative error {worst}");
-        let mut got = [1f32; 16];
-        // SAFETY: as above.
-        unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp(_mm512_set1_ps(f32::NEG_INFINITY))) };
-        assert!(got.iter().all(|&g| (0.0..1e-40).contains(&g)), "{got:?}");
     }
 }

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{axpy, dot as dot_f32};
+use super::simd::{self, axpy, dot as dot_f32};
 use crate::backend::{AttnShape, Mask};
 
 /// Largest head size the stack accumulator of [`attention`] holds (Qwen2.5-VL: 128 and 80).
@@ -288,11 +288,12 @@ fn write_out(
 }
 
 pub(super) fn swiglu(gate: &mut [f32], up: &[f32]) {
-    let f = |(g, &u): (&mut f32, &f32)| *g = *g / (1.0 + (-*g).exp()) * u;
     if gate.len() < PAR_MIN {
-        gate.iter_mut().zip(up).for_each(f);
+        simd::swiglu(gate, up);
     } else {
-        gate.par_iter_mut().zip(up.par_iter()).for_each(f);
+        gate.par_chunks_mut(PAR_MIN / 4)
+            .zip(up.par_chunks(PAR_MIN / 4))
+            .for_each(|(g, u)| simd::swiglu(g, u));
     }
 }
 
