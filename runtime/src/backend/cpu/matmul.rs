@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm_panels, grow, pack_activations, packed_len, scatter};
+use super::pieces::Pieces;
 use super::simd::dot as dot_f32;
 use super::{amx, int8};
 use super::{CpuMatrix, CpuWorkspace, ManyRows};
@@ -158,8 +159,8 @@ pub(super) fn fusable(w: &[&CpuMatrix]) -> bool {
 }
 
 /// One-row products of `x` with every matrix of `w` (which [`fusable`] took) as one parallel
-/// pass over all their rows: `x` is quantized once, and the pool is woken once instead of once
-/// per matrix. In decoding that matters most for k and v, whose few rows are done sooner than a
+/// pass over all their rows, handed out in [`Pieces`]: `x` is quantized once, and the pool is
+/// woken once instead of once per matrix. In decoding that matters most for k and v, whose few rows are done sooner than a
 /// sleeping worker wakes. [`matmul`]'s one-row product of quantized weights is this pass over
 /// one matrix, so a fused product equals one `matmul` per matrix bit for bit.
 pub(super) fn matvecs(
@@ -189,25 +190,18 @@ pub(super) fn matvecs(
             None => RowDots::new(m.ty, k, vt, q, buf).map_err(|e| err(m, e))?,
         };
     }
-    let per = rows_per_task(w.iter().map(|m| m.rows).sum());
     let bytes: [&[u8]; MAX_FUSED] =
         std::array::from_fn(|t| w.get(t).map_or(&[][..], |m| m.bytes()));
-    // Missing matrices become empty outputs, which yield no tasks: one chain of three fixed
-    // parts, so the pass allocates nothing.
+    // Missing matrices become empty outputs, which yield no pieces, so the pass allocates nothing.
     let mut it = outs.iter_mut().zip(w);
-    let mut next = || it.next().map_or(&mut [][..], |(o, m)| &mut o[..m.rows]);
-    let (o0, o1, o2) = (next(), next(), next());
-    o0.par_chunks_mut(per)
-        .enumerate()
-        .map(|(c, o)| (0, c, o))
-        .chain(o1.par_chunks_mut(per).enumerate().map(|(c, o)| (1, c, o)))
-        .chain(o2.par_chunks_mut(per).enumerate().map(|(c, o)| (2, c, o)))
-        .try_for_each(|(t, c, o)| {
-            let m = w[t];
-            let j0 = c * per;
-            let rows = &bytes[t][j0 * m.row_bytes..(j0 + o.len()) * m.row_bytes];
-            dots[t].rows(rows, o).map_err(|e| err(m, e))
-        })
+    let outs: [&mut [f32]; MAX_FUSED] =
+        std::array::from_fn(|_| it.next().map_or(&mut [][..], |(o, m)| &mut o[..m.rows]));
+    let row_bytes = std::array::from_fn(|t| w.get(t).map_or(0, |m| m.row_bytes));
+    Pieces::new(outs, row_bytes, rayon::current_num_threads()).run(|t, j0, o| {
+        let m = w[t];
+        let rows = &bytes[t][j0 * m.row_bytes..(j0 + o.len()) * m.row_bytes];
+        dots[t].rows(rows, o).map_err(|e| err(m, e))
+    })
 }
 
 /// `out[i * m + j] = t[j * n + i]`: the transposed product back in activation-row order, 16

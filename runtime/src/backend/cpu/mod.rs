@@ -29,6 +29,7 @@ mod int8;
 mod kernels;
 pub use kernels::MAX_HEAD_DIM;
 mod matmul;
+mod pieces;
 mod simd;
 mod spin;
 
