@@ -56,9 +56,10 @@ pub fn vec_dot_rows(
 
 /// One activation row made ready for its dot products with any number of weight rows of one
 /// type: the pairing and lengths checked, the kernel chosen and the row laid out for it once. A
-/// decode step splits each product into dozens of tasks of up to 64 rows; preparing the row once
-/// per product instead of once per task took 2% of a step's time off (the layout alone is most of
-/// it: a 2048-value row per task of the output layer's 2374).
+/// decode step splits each product into many pieces of rows; preparing the row once per product
+/// instead of once per task of up to 64 rows raised the share of a 3B step's time spent in the dots
+/// from 92.5% to 94.0% on one thread (the layout was most of it: the output layer alone had 2374
+/// tasks, each laying out the same 2048 values).
 #[derive(Clone, Copy)]
 pub struct RowDots<'a> {
     ty: GgmlType,

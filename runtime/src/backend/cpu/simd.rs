@@ -74,6 +74,15 @@ fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
 pub(super) mod x86 {
     use std::arch::x86_64::*;
 
+    /// The mask of the first `left` of 16 lanes (all 16 from 16 on).
+    fn lanes(left: usize) -> __mmask16 {
+        if left >= 16 {
+            !0
+        } else {
+            ((1u32 << left) - 1) as u16
+        }
+    }
+
     /// Equal lengths.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot512(a: &[f32], b: &[f32]) -> f32 {
@@ -94,11 +103,7 @@ pub(super) mod x86 {
             i += 32;
         }
         while i < n {
-            let mask: __mmask16 = if n - i >= 16 {
-                !0
-            } else {
-                ((1u32 << (n - i)) - 1) as u16
-            };
+            let mask = lanes(n - i);
             // SAFETY: the mask covers only lanes below n.
             unsafe {
                 s0 = _mm512_fmadd_ps(
@@ -146,11 +151,7 @@ pub(super) mod x86 {
         let av = _mm512_set1_ps(a);
         let mut i = 0;
         while i < n {
-            let mask: __mmask16 = if n - i >= 16 {
-                !0
-            } else {
-                ((1u32 << (n - i)) - 1) as u16
-            };
+            let mask = lanes(n - i);
             // SAFETY: the mask covers only lanes below n of both slices.
             unsafe {
                 let r = _mm512_fmadd_ps(
@@ -172,11 +173,7 @@ pub(super) mod x86 {
         let one = _mm512_set1_ps(1.0);
         let mut i = 0;
         while i < n {
-            let mask: __mmask16 = if n - i >= 16 {
-                !0
-            } else {
-                ((1u32 << (n - i)) - 1) as u16
-            };
+            let mask = lanes(n - i);
             // SAFETY: the mask covers only lanes below n of both slices.
             unsafe {
                 let g = _mm512_maskz_loadu_ps(mask, pg.add(i));
