@@ -15,14 +15,37 @@ use super::simd::dot as dot_f32;
 use super::{amx, int8};
 use super::{CpuMatrix, CpuWorkspace, ManyRows};
 use crate::backend::BackendError;
-use crate::quant::{dequantize_row, quantize_row, vec_dot_rows, GgmlType, RowDots};
+use crate::quant::{dequantize_row, quantize_row, GgmlType, RowDots};
 
-/// From this many activation rows on, weights are decoded once per panel and multiplied by the AMX
-/// tile kernel (`amx`), or without AMX by the int8 kernel (`int8`, for the types it decodes) or
-/// the same bf16 product on AVX-512 BF16 vectors (`bf16`), or by the blocked float kernel
-/// (`gemm`); below it each pair takes the quantized dot product, which reads the weights without
-/// decoding them.
-const GEMM_MIN_ROWS: usize = 16;
+/// The most activation rows a product takes on the quantized dots, whatever the weight type.
+const MAX_DOT_ROWS: usize = 48;
+
+/// From this many activation rows on, weights of `ty` are decoded once per panel and multiplied by
+/// the AMX tile kernel (`amx`), or without AMX by the int8 kernel (`int8`, for the types it
+/// decodes) or the same bf16 product on AVX-512 BF16 vectors (`bf16`), or by the blocked float
+/// kernel (`gemm`); below it each pair takes the quantized dot product, which reads the weights
+/// without decoding them.
+///
+/// Decoding costs the same per weight whatever its type, once per product, and little per row
+/// after that; the dot costs per row what reading its bytes does. So the fewer bits a weight
+/// takes, the more rows the dot stays ahead. 3B prefill, 2 threads, Zen 4 VM: on the dots the
+/// Q4_K_M file ran 34 tok/s at any length below 64 and the Q8_0 file 19, decoded 20-21 tok/s at 16
+/// rows, and 33 and 35 at 32: the Q8_0 file crosses at about 14 rows, the Q4_K_M file (mostly
+/// 4.5 bits per weight) at about 33. Sixteen rows at 8.5 bits, scaled by the bits per weight.
+pub(super) fn gemm_min_rows(ty: GgmlType) -> usize {
+    if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        return 16;
+    }
+    ((16.0 * 8.5 / ty.bits_per_weight()).round() as usize).clamp(16, MAX_DOT_ROWS)
+}
+
+/// Activation rows the workspace keeps laid out at once: every row of a few-row product, and at
+/// least one per matrix of a fused one-row product.
+pub(super) const LAID_ROWS: usize = if MAX_DOT_ROWS > MAX_FUSED {
+    MAX_DOT_ROWS
+} else {
+    MAX_FUSED
+};
 
 /// The most weight rows a task of a few-row product takes.
 const MAX_ROWS_PER_TASK: usize = 64;
@@ -49,7 +72,7 @@ pub(super) fn matmul(
         source,
     };
     let rb = w.row_bytes;
-    if n >= GEMM_MIN_ROWS {
+    if n >= gemm_min_rows(w.ty) {
         let decode =
             |j: usize, dst: &mut [f32]| dequantize_row(w.ty, &wb[j * rb..(j + 1) * rb], dst);
         let t = &mut ws.transposed[..m * n];
@@ -93,7 +116,7 @@ pub(super) fn matmul(
             .map_err(err)?;
     }
     let q = &ws.quantized[..n * arb];
-    // Float weight row `j` with activation row `i` (quantized rows go through `vec_dot_rows`).
+    // Float weight row `j` with activation row `i` (quantized rows go through `RowDots`).
     let dot =
         |j: usize, i: usize| float_dot(w.ty, &wb[j * rb..(j + 1) * rb], &x[i * k..(i + 1) * k]);
     let per = rows_per_task(m);
@@ -104,6 +127,15 @@ pub(super) fn matmul(
             }
         });
         return Ok(());
+    }
+    // Each activation row is checked and laid out for its kernel once, before the tasks (as in
+    // `matvecs`), not once in every task. `n < gemm_min_rows <= LAID_ROWS`, so every row has a
+    // buffer.
+    let mut dots = [None; LAID_ROWS];
+    if !float {
+        for (i, (d, buf)) in dots.iter_mut().zip(&mut ws.laid).take(n).enumerate() {
+            *d = Some(RowDots::new(w.ty, k, vt, &q[i * arb..(i + 1) * arb], buf).map_err(err)?);
+        }
     }
     let t = &mut ws.transposed[..m * n];
     t.par_chunks_mut(per * n)
@@ -124,15 +156,8 @@ pub(super) fn matmul(
             let len = o.len() / n;
             let rows = &wb[j0 * rb..(j0 + len) * rb];
             let mut col = [0f32; MAX_ROWS_PER_TASK];
-            for i in 0..n {
-                vec_dot_rows(
-                    w.ty,
-                    k,
-                    rows,
-                    vt,
-                    &q[i * arb..(i + 1) * arb],
-                    &mut col[..len],
-                )?;
+            for (i, d) in dots.iter().flatten().enumerate() {
+                d.rows(rows, &mut col[..len])?;
                 for (r, &v) in col[..len].iter().enumerate() {
                     o[r * n + i] = v;
                 }
@@ -180,7 +205,7 @@ pub(super) fn matvecs(
     quantize_row(vt, &x[..k], q).map_err(|e| err(w[0], e))?;
     let q = &*q;
     // The row made ready once per weight type (q, k and v usually share one), not once per task.
-    let [b0, b1, b2] = &mut ws.laid;
+    let [b0, b1, b2, ..] = &mut ws.laid;
     let d0 = RowDots::new(w[0].ty, k, vt, q, b0).map_err(|e| err(w[0], e))?;
     let mut dots = [d0; MAX_FUSED];
     for (t, buf) in [(1, b1), (2, b2)] {

@@ -85,8 +85,9 @@ impl CpuMatrix {
 /// and its packed activations (sized on the first many-row product, then reused).
 pub struct CpuWorkspace {
     quantized: Vec<u8>,
-    /// The quantized row laid out for each matrix of a fused one-row product (grown once).
-    laid: [Vec<u8>; matmul::MAX_FUSED],
+    /// Quantized activation rows laid out for their row kernel (grown once): one per matrix of a
+    /// fused one-row product, or one per activation row of a few-row product.
+    laid: [Vec<u8>; matmul::LAID_ROWS],
     transposed: Vec<f32>,
     packed: Vec<f32>,
     packed_bf16: Vec<u16>,
@@ -252,7 +253,7 @@ impl Backend for CpuBackend {
         // Q8_K, the widest activation format, takes 292 bytes per 256 values.
         CpuWorkspace {
             quantized: vec![0; spec.rows * (spec.cols / 256 + 1) * 292],
-            laid: Default::default(),
+            laid: std::array::from_fn(|_| Vec::new()),
             transposed: vec![
                 0.0;
                 if spec.rows > 1 {

@@ -256,7 +256,7 @@ fn matrix_file(
 #[test]
 fn matmul_one_and_many_rows_agree_with_dequantized_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let (rows, cols, n) = (24, 512, 5);
+    let (rows, cols) = (24, 512);
     let w = rand_vec(rows * cols, 7);
     let types = [
         GgmlType::F32,
@@ -267,44 +267,51 @@ fn matmul_one_and_many_rows_agree_with_dequantized_weights() {
     ];
     let f = matrix_file(dir.path(), &w, rows, cols, &types);
     let b = CpuBackend::new(Some(2)).unwrap();
-    let x = rand_vec(n * cols, 8);
-    let mut ws = b.workspace(WorkspaceSpec {
-        rows: n,
-        cols,
-        keys: 1,
-        heads: 1,
-    });
+    // Five rows, and the most that still take the quantized dot for the type (each row laid out
+    // once; 29 for Q4_K).
     for t in types {
-        let m = b.matrix(&f, &format!("w.{t}")).unwrap();
-        let wd = f.tensor(&format!("w.{t}")).unwrap().dequantize().unwrap();
-        let mut many = b.alloc(n * rows);
-        b.matmul(&mut ws, &m, &CpuBuffer(x.clone()), n, &mut many)
-            .unwrap();
-        for i in 0..n {
-            let mut one = b.alloc(rows);
-            b.matmul(
-                &mut ws,
-                &m,
-                &CpuBuffer(x[i * cols..(i + 1) * cols].to_vec()),
-                1,
-                &mut one,
-            )
-            .unwrap();
-            for j in 0..rows {
-                let exact: f32 = wd[j * cols..(j + 1) * cols]
-                    .iter()
-                    .zip(&x[i * cols..])
-                    .map(|(a, b)| a * b)
-                    .sum();
-                let got = many.0[i * rows + j];
-                assert_eq!(got, one.0[j], "{t}: many-row and one-row products differ");
-                // Activation quantization (Q8) is the only error beyond the weights' own.
-                let tol = if matches!(t, GgmlType::F32 | GgmlType::F16) {
-                    1e-3
-                } else {
-                    0.15
-                };
-                assert!((got - exact).abs() < tol, "{t} [{i},{j}]: {got} vs {exact}");
+        for n in [5, super::matmul::gemm_min_rows(t) - 1] {
+            let x = rand_vec(n * cols, 8);
+            let mut ws = b.workspace(WorkspaceSpec {
+                rows: n,
+                cols,
+                keys: 1,
+                heads: 1,
+            });
+            let m = b.matrix(&f, &format!("w.{t}")).unwrap();
+            let wd = f.tensor(&format!("w.{t}")).unwrap().dequantize().unwrap();
+            let mut many = b.alloc(n * rows);
+            b.matmul(&mut ws, &m, &CpuBuffer(x.clone()), n, &mut many)
+                .unwrap();
+            for i in 0..n {
+                let mut one = b.alloc(rows);
+                b.matmul(
+                    &mut ws,
+                    &m,
+                    &CpuBuffer(x[i * cols..(i + 1) * cols].to_vec()),
+                    1,
+                    &mut one,
+                )
+                .unwrap();
+                for j in 0..rows {
+                    let exact: f32 = wd[j * cols..(j + 1) * cols]
+                        .iter()
+                        .zip(&x[i * cols..])
+                        .map(|(a, b)| a * b)
+                        .sum();
+                    let got = many.0[i * rows + j];
+                    assert_eq!(
+                        got, one.0[j],
+                        "{t}, {n} rows: many-row and one-row products differ"
+                    );
+                    // Activation quantization (Q8) is the only error beyond the weights' own.
+                    let tol = if matches!(t, GgmlType::F32 | GgmlType::F16) {
+                        1e-3
+                    } else {
+                        0.15
+                    };
+                    assert!((got - exact).abs() < tol, "{t} [{i},{j}]: {got} vs {exact}");
+                }
             }
         }
     }
