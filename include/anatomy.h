@@ -130,6 +130,7 @@ typedef struct {
   // Preprocessing plus the vision tower (near zero when the session had the image cached).
   double image_encode_ms;
   double prefill_ms;
+  // Prompt tokens run (those the session's context already held are not).
   uint64_t prefill_tokens;
   double decode_ms;
   uint64_t decode_tokens;
@@ -202,8 +203,9 @@ AnatomyStatus anatomy_session_free(AnatomySession *session);
 // `session` is a handle from `anatomy_session_new` not being freed concurrently.
 AnatomyStatus anatomy_session_cancel(const AnatomySession *session);
 
-// Forgets the conversation of `session` (its image cache stays). Not concurrent with
-// `anatomy_ask` on the same session (gives `Busy`).
+// Forgets the conversation of `session` (its image cache stays), so that the next ask runs its
+// whole prompt, as a fresh session would. Not concurrent with `anatomy_ask` on the same session
+// (gives `Busy`).
 //
 // # Safety
 // `session` is a handle from `anatomy_session_new` not being freed concurrently.
@@ -214,6 +216,11 @@ AnatomyStatus anatomy_session_reset(const AnatomySession *session);
 // (NULL/0 for a free answer); `params` may be NULL for defaults. On success `*out_result` is a
 // new result to free with `anatomy_result_free`; a stop requested by the callback or by
 // `anatomy_session_cancel` is a success with finish reason `Cancelled`.
+//
+// A session keeps the part of its context the new prompt starts with (the system prompt and the
+// image, when the frame is the same) and runs only the rest, as llama.cpp's server does with
+// `cache_prompt`; the logits may then differ from a fresh session's in the last bits.
+// `anatomy_session_reset` first runs the whole prompt.
 //
 // Thread-safety: one ask at a time per session (a concurrent one gives `Busy`); different
 // sessions, even of one model, may ask concurrently from different threads.

@@ -133,6 +133,7 @@ pub struct AnatomyTimings {
     /// Preprocessing plus the vision tower (near zero when the session had the image cached).
     pub image_encode_ms: f64,
     pub prefill_ms: f64,
+    /// Prompt tokens run (those the session's context already held are not).
     pub prefill_tokens: u64,
     pub decode_ms: f64,
     pub decode_tokens: u64,
@@ -535,8 +536,9 @@ pub unsafe extern "C" fn anatomy_session_cancel(session: *const AnatomySession) 
     })
 }
 
-/// Forgets the conversation of `session` (its image cache stays). Not concurrent with
-/// `anatomy_ask` on the same session (gives `Busy`).
+/// Forgets the conversation of `session` (its image cache stays), so that the next ask runs its
+/// whole prompt, as a fresh session would. Not concurrent with `anatomy_ask` on the same session
+/// (gives `Busy`).
 ///
 /// # Safety
 /// `session` is a handle from `anatomy_session_new` not being freed concurrently.
@@ -644,6 +646,11 @@ unsafe fn image_input(img: &AnatomyImage) -> Res<ImageInput> {
 /// (NULL/0 for a free answer); `params` may be NULL for defaults. On success `*out_result` is a
 /// new result to free with `anatomy_result_free`; a stop requested by the callback or by
 /// `anatomy_session_cancel` is a success with finish reason `Cancelled`.
+///
+/// A session keeps the part of its context the new prompt starts with (the system prompt and the
+/// image, when the frame is the same) and runs only the rest, as llama.cpp's server does with
+/// `cache_prompt`; the logits may then differ from a fresh session's in the last bits.
+/// `anatomy_session_reset` first runs the whole prompt.
 ///
 /// Thread-safety: one ask at a time per session (a concurrent one gives `Busy`); different
 /// sessions, even of one model, may ask concurrently from different threads.

@@ -111,7 +111,10 @@ pub struct Timings {
     pub image_encode_ms: f64,
     pub image_cached: bool,
     pub prefill_ms: f64,
+    /// Prompt tokens run; the rest of the prompt was the session's context already.
     pub prefill_tokens: usize,
+    /// Leading prompt tokens the session's context already held (see [`Session::prefill`]).
+    pub prefill_reused_tokens: usize,
     pub decode_ms: f64,
     pub decode_tokens: usize,
     pub peak_rss_bytes: u64,
@@ -249,9 +252,10 @@ impl<B: Backend> Session<'_, B> {
 
         let ids = self.prompt_ids(&question, image.map(|h| h.tokens))?;
         let t = Instant::now();
-        self.prefill(&ids, image.as_ref())?;
+        let reused = self.prefill(&ids, image.as_ref())?;
         timings.prefill_ms = t.elapsed().as_secs_f64() * 1e3;
-        timings.prefill_tokens = ids.len();
+        timings.prefill_tokens = ids.len() - reused;
+        timings.prefill_reused_tokens = reused;
 
         let letters = self.letter_ids(req.options.len());
         let fused = self.fused_letter_ids(req.options.len());

@@ -251,6 +251,7 @@ impl<B: Backend> Model<B> {
             logits: vec![0.0; self.text.p.vocab_size],
             positions: Vec::with_capacity(DEFAULT_CHUNK),
             tokens: Vec::with_capacity(self.context),
+            context_image: None,
             rope_delta: 0,
         }
     }
@@ -275,6 +276,8 @@ pub struct Session<'m, B: Backend = CpuBackend> {
     logits: Vec<f32>,
     positions: Vec<[i64; 3]>,
     tokens: Vec<u32>,
+    /// The key of the image whose embeddings the context holds, if any.
+    context_image: Option<u64>,
     rope_delta: i64,
 }
 
@@ -303,10 +306,12 @@ impl<'m, B: Backend> Session<'m, B> {
         &self.logits
     }
 
-    /// Forgets the conversation (the image cache stays).
+    /// Forgets the conversation (the image cache stays), so the next [`Self::prefill`] runs every
+    /// token of its prompt.
     pub fn reset(&mut self) {
         self.state.len = 0;
         self.tokens.clear();
+        self.context_image = None;
         self.rope_delta = 0;
     }
 
@@ -383,12 +388,22 @@ impl<'m, B: Backend> Session<'m, B> {
 
     /// Starts the conversation over with `ids` (holding `image.tokens` `<|image_pad|>` tokens when
     /// an image is given) and runs them; the logits of the last one are then in [`Self::logits`].
+    /// Returns how many leading tokens were reused instead of run.
+    ///
+    /// The context's longest common prefix with `ids` is kept, as llama.cpp's server does with
+    /// `cache_prompt`: a second question about one frame runs only the tokens after the frame,
+    /// since the system prompt and the image's hundreds of tokens come first. With another image
+    /// (or none) only the part before the image placeholders is kept. The last token always runs,
+    /// for its logits. The kept
+    /// positions' keys and values came from the products of the earlier prompt, whose rows may have
+    /// taken another kernel than a fresh run of `ids` would (the quantized dots below a few dozen
+    /// rows, the many-row kernels above), so logits can differ from a fresh session's in the last
+    /// bits; [`Self::reset`] first for a fresh run.
     pub fn prefill(
         &mut self,
         ids: &[u32],
         image: Option<&ImageHandle>,
-    ) -> Result<(), RuntimeError> {
-        self.reset();
+    ) -> Result<usize, RuntimeError> {
         let m = self.model;
         let grids: Vec<GridThw> = image.map(|i| i.grid).into_iter().collect();
         let merge = m.preprocess.merge_size;
@@ -406,9 +421,58 @@ impl<'m, B: Backend> Session<'m, B> {
                 )?),
                 None => None,
             };
+        let key = image.map(|h| h.key);
+        let common = self
+            .tokens
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // Another image (or none) leaves only the part before its placeholders, whose positions
+        // and values do not depend on it.
+        let common = if self.context_image == key {
+            common
+        } else {
+            let pad = m.special.image_pad;
+            ids[..common]
+                .iter()
+                .position(|&t| t == pad)
+                .unwrap_or(common)
+        };
+        let keep = common.min(ids.len() - 1);
+        self.tokens.truncate(keep);
+        self.state.len = keep;
+        self.context_image = key;
+        self.rope_delta = ri.rope_delta;
+        let ran = self.run_prompt(ids, keep, &ri.positions, cached);
+        if ran.is_err() {
+            // The cache may hold part of the prompt that `tokens` does not name.
+            self.reset();
+        }
+        ran?;
+        self.tokens.extend_from_slice(&ids[keep..]);
+        m.backend.read(&self.state.logits, 0, &mut self.logits);
+        Ok(keep)
+    }
+
+    /// Runs `ids[keep..]` in chunks after the `keep` positions the cache holds, copying the
+    /// cached image's embeddings (`cached`, an index into the session's images) over its
+    /// placeholders.
+    fn run_prompt(
+        &mut self,
+        ids: &[u32],
+        keep: usize,
+        positions: &[[i64; 3]],
+        cached: Option<usize>,
+    ) -> Result<(), RuntimeError> {
+        let m = self.model;
         let e = m.text.p.embedding_length;
-        let mut image_row = 0;
-        for start in (0..ids.len()).step_by(self.state.chunk) {
+        // Placeholders before `keep` were filled by the earlier run.
+        let mut image_row = ids[..keep]
+            .iter()
+            .filter(|&&t| t == m.special.image_pad)
+            .count();
+        for start in (keep..ids.len()).step_by(self.state.chunk) {
             let end = (start + self.state.chunk).min(ids.len());
             let chunk = &ids[start..end];
             m.text.embed(&m.backend, &mut self.state, chunk)?;
@@ -431,13 +495,10 @@ impl<'m, B: Backend> Session<'m, B> {
                     i += run;
                 }
             }
-            let (state, positions) = (&mut self.state, &ri.positions[start..end]);
+            let (state, positions) = (&mut self.state, &positions[start..end]);
             m.backend
                 .scope(|| m.text.forward(&m.backend, state, positions))?;
         }
-        self.tokens.extend_from_slice(ids);
-        self.rope_delta = ri.rope_delta;
-        m.backend.read(&self.state.logits, 0, &mut self.logits);
         Ok(())
     }
 

@@ -294,3 +294,96 @@ fn llamacpp_files_run() {
     assert!(lerr < 1e-3, "last logits off by {lerr}");
     assert_eq!(greedy, want, "greedy tokens");
 }
+
+/// A session keeps the longest prefix its context shares with the next prompt: a second question
+/// about the same frame runs only the tokens after the frame, and its logits equal a fresh
+/// session's (F32 weights: only the order of float sums differs). Another frame of the same size
+/// keeps only the text before the image; `reset` keeps nothing.
+#[test]
+fn a_follow_up_question_runs_only_its_new_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = case_dir("square");
+    let (lm, mm) = convert("square", "f32", tmp.path());
+    let opts = ModelOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
+    let model = Model::load(&lm, Some(&mm), &opts).unwrap();
+    use anatomy_models::qwen2_5_vl::preprocess::{decode_image, DecodeLimits};
+    let png = std::fs::read(dir.join("image.png")).unwrap();
+    let (mut other, width, height) = decode_image(&png, &DecodeLimits::default()).unwrap();
+    other[0] ^= 0x80;
+    let inputs = [
+        ImageInput::Path(dir.join("image.png")),
+        ImageInput::Rgb8 {
+            data: other,
+            width,
+            height,
+        },
+    ];
+    let mut s = model.session();
+    let handles: Vec<_> = inputs
+        .iter()
+        .map(|i| {
+            let p = s.preprocess(i).unwrap();
+            s.encode_image(&p).unwrap()
+        })
+        .collect();
+    let (h, h_other) = (handles[0], handles[1]);
+    assert_eq!(h.grid, h_other.grid);
+    let first = s
+        .prompt_ids("What is in the top-left corner?", Some(h.tokens))
+        .unwrap();
+    let follow = s
+        .prompt_ids("Which organ is at the center?", Some(h.tokens))
+        .unwrap();
+    let common = first
+        .iter()
+        .zip(&follow)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let before_image = first
+        .iter()
+        .position(|&t| t == model.special_tokens().image_pad)
+        .unwrap();
+    assert!(
+        common > before_image + h.tokens,
+        "the prompts share the frame"
+    );
+
+    // What a fresh session gives for a prompt.
+    let fresh = |ids: &[u32], h| {
+        let mut f = model.session();
+        let p = f.preprocess(&inputs[0]).unwrap();
+        let _ = f.encode_image(&p).unwrap();
+        let p = f.preprocess(&inputs[1]).unwrap();
+        let _ = f.encode_image(&p).unwrap();
+        assert_eq!(f.prefill(ids, Some(h)).unwrap(), 0);
+        f.logits().to_vec()
+    };
+    let close = |got: &[f32], want: &[f32], what: &str| {
+        let err = max_abs(got, want);
+        assert!(err < 1e-4, "{what}: logits off a fresh session's by {err}");
+        assert_eq!(
+            anatomy_runtime::sampling::argmax(got),
+            anatomy_runtime::sampling::argmax(want),
+            "{what}"
+        );
+    };
+
+    assert_eq!(s.prefill(&first, Some(&h)).unwrap(), 0);
+    for _ in 0..3 {
+        let next = anatomy_runtime::sampling::argmax(s.logits());
+        s.append(&[next]).unwrap();
+    }
+    assert_eq!(s.prefill(&follow, Some(&h)).unwrap(), common);
+    close(s.logits(), &fresh(&follow, &h), "follow-up");
+    // The same prompt again runs its last token only.
+    assert_eq!(s.prefill(&follow, Some(&h)).unwrap(), follow.len() - 1);
+    close(s.logits(), &fresh(&follow, &h), "the same prompt");
+    // Another frame: the image's positions hold other values.
+    assert_eq!(s.prefill(&follow, Some(&h_other)).unwrap(), before_image);
+    close(s.logits(), &fresh(&follow, &h_other), "another frame");
+    s.reset();
+    assert_eq!(s.prefill(&follow, Some(&h_other)).unwrap(), 0);
+}

@@ -72,6 +72,7 @@ pub fn run(args: &AskArgs) -> Result<()> {
                 "image_encode_ms": t.image_encode_ms,
                 "prefill_ms": t.prefill_ms,
                 "prefill_tokens": t.prefill_tokens,
+                "prefill_reused_tokens": t.prefill_reused_tokens,
                 "decode_ms": t.decode_ms,
                 "decode_tokens": t.decode_tokens,
                 "peak_rss_bytes": t.peak_rss_bytes,

@@ -59,6 +59,9 @@ pub struct BenchArgs {
 /// probes (some 50 ms each) add a few percent to the run's wall time and none to the decode's.
 const PROBE_EVERY: usize = 16;
 
+/// The new last tokens of the follow-up prompt (a question of a few words after the same frame).
+const FOLLOW_UP_TOKENS: usize = 16;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -142,6 +145,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         Ok((args.gen_tokens as f64 / spent, bound_time / spent, probes))
     };
+    let mut follow_up = prompt.clone();
+    let tail = follow_up.len().saturating_sub(FOLLOW_UP_TOKENS);
+    for (i, t) in follow_up[tail..].iter_mut().enumerate() {
+        *t = (*t + 1 + i as u32) % span;
+    }
+    let (mut follow_ms, mut follow_tokens) = (Vec::new(), 0);
     let (mut pp, mut tg, mut tg_after) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bws, mut frac, mut frac_after) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.reps {
@@ -151,6 +160,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tg.push(rate);
         frac.push(f);
         bws.extend(bw);
+        // The whole prompt runs: the context shares its first token.
+        s.reset();
         let t = Instant::now();
         s.prefill(&prompt, None)?;
         pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
@@ -158,6 +169,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tg_after.push(rate);
         frac_after.push(f);
         bws.extend(bw);
+        // A follow-up question: the same prompt with other last tokens, of which the session runs
+        // only those after the prefix it holds.
+        let t = Instant::now();
+        let reused = s.prefill(&follow_up, None)?;
+        follow_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        follow_tokens = follow_up.len() - reused;
     }
     let (bw_min, bw_max) = bws.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &b| {
         (lo.min(b), hi.max(b))
@@ -176,6 +193,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "image_encode_cached_ms": if enc_cached.is_empty() { serde_json::Value::Null } else { median(enc_cached).into() },
         "prompt_tokens": args.prompt_tokens,
         "prefill_tok_s": median(pp),
+        "follow_up_prefill_ms": median(follow_ms),
+        "follow_up_prefill_tokens": follow_tokens,
         "gen_tokens": args.gen_tokens,
         "decode_tok_s": decode,
         "decode_after_prompt_tok_s": decode_after,
