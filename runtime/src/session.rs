@@ -394,11 +394,10 @@ impl<'m, B: Backend> Session<'m, B> {
     /// `cache_prompt`: a second question about one frame runs only the tokens after the frame,
     /// since the system prompt and the image's hundreds of tokens come first. With another image
     /// (or none) only the part before the image placeholders is kept. The last token always runs,
-    /// for its logits. The kept
-    /// positions' keys and values came from the products of the earlier prompt, whose rows may have
-    /// taken another kernel than a fresh run of `ids` would (the quantized dots below a few dozen
-    /// rows, the many-row kernels above), so logits can differ from a fresh session's in the last
-    /// bits; [`Self::reset`] first for a fresh run.
+    /// for its logits. The kept positions' keys and values came from the products of the earlier
+    /// prompt, whose rows may have taken another kernel than a fresh run of `ids` would (the
+    /// quantized dots below a few dozen rows, the many-row kernels above), so logits can differ
+    /// from a fresh session's in the last bits; [`Self::reset`] first for a fresh run.
     pub fn prefill(
         &mut self,
         ids: &[u32],

@@ -29,9 +29,10 @@ const MAX_DOT_ROWS: usize = 48;
 /// Decoding costs the same per weight whatever its type, once per product, and little per row
 /// after that; the dot costs per row what reading its bytes does. So the fewer bits a weight
 /// takes, the more rows the dot stays ahead. 3B prefill, 2 threads, Zen 4 VM: on the dots the
-/// Q4_K_M file ran 34 tok/s at any length below 64 and the Q8_0 file 19, decoded 20-21 tok/s at 16
-/// rows, and 33 and 35 at 32: the Q8_0 file crosses at about 14 rows, the Q4_K_M file (mostly
-/// 4.5 bits per weight) at about 33. Sixteen rows at 8.5 bits, scaled by the bits per weight.
+/// Q4_K_M file ran 34 tok/s at any length from 16 to 64 and the Q8_0 file 19; with the weights
+/// decoded, 20 and 21 tok/s at 16 rows, 33 and 35 at 32. So the Q8_0 file crosses at about 14
+/// rows, the Q4_K_M file (mostly 4.5 bits per weight) at about 33. Sixteen rows at 8.5 bits,
+/// scaled by the bits per weight.
 pub(super) fn gemm_min_rows(ty: GgmlType) -> usize {
     if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         return 16;
