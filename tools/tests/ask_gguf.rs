@@ -217,6 +217,67 @@ fn bad_inputs_fail_with_errors() {
         &ask(&lm, &mm, &image, &["--context", "8", "q"]),
         "context holds 8",
     );
+    let hf = case_dir("square").join("model");
+    fails_cleanly(
+        &anatomy(&[
+            "ask".as_ref(),
+            "--hf".as_ref(),
+            hf.as_os_str(),
+            "a".as_ref(),
+            "b".as_ref(),
+        ]),
+        "one question at a time",
+    );
+}
+
+/// Several questions about one image: one JSON line each, from one session that encodes the
+/// image once and runs only what follows the prefix the prompts share; each answer is the one the
+/// question gets alone.
+#[test]
+fn several_questions_share_the_image_and_the_prompt_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lm, mm) = convert(tmp.path());
+    let image = case_dir("square").join("image.png");
+    let questions = [
+        "What is in the top-left corner?",
+        "Which organ is at the center?",
+    ];
+    let lines = |qs: &[&str]| -> Vec<serde_json::Value> {
+        let mut extra = vec!["--max-tokens", "8"];
+        extra.extend(qs);
+        let out = ask(&lm, &mm, &image, &extra);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let both = lines(&questions);
+    assert_eq!(both.len(), 2);
+    for (got, q) in both.iter().zip(questions) {
+        assert_eq!(got["question"], q);
+        let alone = &lines(&[q])[0];
+        assert_eq!(got["token_ids"], alone["token_ids"], "{q}");
+        assert_eq!(alone["timings"]["prefill_reused_tokens"], 0);
+    }
+    let (first, second) = (&both[0]["timings"], &both[1]["timings"]);
+    assert_eq!(first["image_cached"], false);
+    assert_eq!(second["image_cached"], true);
+    assert_eq!(first["prefill_reused_tokens"], 0);
+    let reused = second["prefill_reused_tokens"].as_u64().unwrap();
+    assert!(
+        reused > both[1]["image_tokens"].as_u64().unwrap(),
+        "{second}"
+    );
+    assert_eq!(
+        reused + second["prefill_tokens"].as_u64().unwrap(),
+        both[1]["prompt_tokens"].as_u64().unwrap()
+    );
 }
 
 #[test]

@@ -55,8 +55,11 @@ pub struct AskArgs {
     /// Image file (PNG or JPEG).
     #[arg(long)]
     pub(crate) image: Option<PathBuf>,
-    /// The question.
-    pub(crate) question: String,
+    /// The question. Several questions about one image are answered in turn by one session:
+    /// the image is encoded once and each prompt runs only what follows the part it shares with
+    /// the one before (GGUF runtime).
+    #[arg(value_name = "QUESTION", required = true)]
+    pub(crate) questions: Vec<String>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     pub(crate) max_tokens: usize,
@@ -72,7 +75,7 @@ pub struct AskArgs {
     /// Weights' compute type: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub(crate) dtype: String,
-    /// Print one JSON object instead of streaming text.
+    /// Print one JSON object per question (one per line) instead of streaming text.
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -146,7 +149,10 @@ pub fn run(mut args: AskArgs) -> Result<()> {
         .iter()
         .map(|g| g[0] * g[1] * g[2] / (merge * merge))
         .collect();
-    let prompt = user_prompt(&args.question, args.image.is_some());
+    let [question] = &args.questions[..] else {
+        bail!("--hf answers one question at a time; the GGUF runtime (--model) takes several");
+    };
+    let prompt = user_prompt(question, args.image.is_some());
     let prompt_ids = tokenizer.encode_prompt(&prompt, &image_tokens)?;
 
     let mut cache = model.new_cache();

@@ -1,11 +1,12 @@
 //! `anatomy ask --model/--mmproj`: the lean runtime on GGUF files, streaming text or printing one
-//! JSON object with the answer, the option choice and probabilities, and timings.
+//! JSON object with the answer, the option choice and probabilities, and timings; for several
+//! questions about one image, one answer (one JSON line) per question from one session.
 
 use std::io::Write;
 
 use anatomy_runtime::generate::{AskRequest, Flow, ImageInput};
 use anatomy_runtime::gguf::Residence;
-use anatomy_runtime::{Model, ModelOptions, SamplingParams};
+use anatomy_runtime::{Model, ModelOptions, SamplingParams, Session};
 use anyhow::{Context, Result};
 
 use super::ask::AskArgs;
@@ -26,8 +27,22 @@ pub fn run(args: &AskArgs) -> Result<()> {
     };
     let model = Model::load(lm, args.mmproj.as_deref(), &opts)
         .with_context(|| format!("loading {}", lm.display()))?;
+    let mut session = model.session();
+    let several = args.questions.len() > 1;
+    for question in &args.questions {
+        if several && !args.json {
+            println!("Q: {question}");
+        }
+        answer_one(&mut session, args, question)?;
+    }
+    Ok(())
+}
+
+/// Asks `question` on `session` (whose image cache and context the questions before it left) and
+/// prints the answer.
+fn answer_one(session: &mut Session, args: &AskArgs, question: &str) -> Result<()> {
     let req = AskRequest {
-        question: args.question.clone(),
+        question: question.to_string(),
         image: args.image.clone().map(ImageInput::Path),
         options: args
             .options
@@ -44,7 +59,6 @@ pub fn run(args: &AskArgs) -> Result<()> {
             seed: args.seed,
         },
     };
-    let mut session = model.session();
     let mut stdout = std::io::stdout();
     let json = args.json;
     let answer = session.ask(&req, &mut |piece| {
@@ -62,6 +76,7 @@ pub fn run(args: &AskArgs) -> Result<()> {
     let t = &answer.timings;
     if json {
         let mut out = serde_json::json!({
+            "question": question,
             "text": answer.text,
             "token_ids": answer.token_ids,
             "prompt_tokens": answer.prompt_tokens,
@@ -70,6 +85,7 @@ pub fn run(args: &AskArgs) -> Result<()> {
             "timings": {
                 "load_ms": t.load_ms,
                 "image_encode_ms": t.image_encode_ms,
+                "image_cached": t.image_cached,
                 "prefill_ms": t.prefill_ms,
                 "prefill_tokens": t.prefill_tokens,
                 "prefill_reused_tokens": t.prefill_reused_tokens,
