@@ -292,3 +292,39 @@ fn row_loop_equals_one_dot_per_row() {
         assert!(vec_dot_rows(ty, n, &all, GgmlType::BF16, &act, &mut out).is_err());
     }
 }
+
+/// `RowDots::rows_pair` gives each activation row's `rows`, bit for bit: through the two-row
+/// kernel where the CPU and type have one (AVX-512 Q4_K), else one row after the other; and it
+/// refuses a buffer that is not whole rows.
+#[test]
+fn pair_of_activation_rows_equals_one_row_at_a_time() {
+    use anatomy_runtime::quant::RowDots;
+    for blocks in [1usize, 4, 7] {
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
+            let n = blocks * 256;
+            let all: Vec<u8> = (0..5)
+                .flat_map(|r| weight_row(ty, &weights(n, 40 + r)))
+                .collect();
+            let act_ty = ty.vec_dot_type();
+            let acts: Vec<Vec<u8>> = [77, 78]
+                .iter()
+                .map(|&s| quantize_to_vec(act_ty, &weights(n, s)).unwrap())
+                .collect();
+            let (mut b0, mut b1) = (Vec::new(), Vec::new());
+            let d0 = RowDots::new(ty, n, act_ty, &acts[0], &mut b0).unwrap();
+            let d1 = RowDots::new(ty, n, act_ty, &acts[1], &mut b1).unwrap();
+            let (mut p0, mut p1) = (vec![f32::NAN; 5], vec![f32::NAN; 5]);
+            d0.rows_pair(&d1, &all, [&mut p0, &mut p1]).unwrap();
+            for (d, got) in [(d0, &p0), (d1, &p1)] {
+                let mut want = vec![f32::NAN; 5];
+                d.rows(&all, &mut want).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&want), "{ty}, {blocks} blocks");
+            }
+            assert!(matches!(
+                d0.rows_pair(&d1, &all[..all.len() - 1], [&mut p0, &mut p1]),
+                Err(QuantError::ByteLength { .. })
+            ));
+        }
+    }
+}

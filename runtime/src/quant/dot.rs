@@ -54,6 +54,18 @@ pub fn vec_dot_rows(
     RowDots::new(ty, n, act, a, &mut Vec::new())?.rows(w, out)
 }
 
+/// Whether [`RowDots::rows_pair`] has a two-row kernel for weights of `ty` on this CPU (it falls
+/// back to one row after the other where not).
+pub fn pairs_in_one_pass(ty: GgmlType) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::avx512::pair_kernel(ty).is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
+        false
+    }
+}
+
 /// One activation row made ready for its dot products with any number of weight rows of one
 /// type: the pairing and lengths checked, the kernel chosen and the row laid out for it once. A
 /// decode step splits each product into many pieces of rows; preparing the row once per product
@@ -68,6 +80,8 @@ pub struct RowDots<'a> {
     a: &'a [u8],
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     kernel: Option<super::RowKernel>,
+    #[cfg(target_arch = "x86_64")]
+    pair: Option<super::PairKernel>,
 }
 
 impl<'a> RowDots<'a> {
@@ -90,6 +104,9 @@ impl<'a> RowDots<'a> {
                 row_bytes,
                 a: reorder.map_or(a, |reorder| reorder(a, buf)),
                 kernel: Some(f),
+                // Only where the AVX-512 one-row kernel was chosen, whose layout it reads.
+                #[cfg(target_arch = "x86_64")]
+                pair: super::avx512::pair_kernel(ty),
             });
         }
         let _ = buf;
@@ -100,6 +117,8 @@ impl<'a> RowDots<'a> {
             a,
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             kernel: None,
+            #[cfg(target_arch = "x86_64")]
+            pair: None,
         })
     }
 
@@ -132,6 +151,46 @@ impl<'a> RowDots<'a> {
             *o = scalar(self.ty, row, self.a);
         }
         Ok(())
+    }
+
+    /// [`Self::rows`] for `self` into `out0` and `other` (a row of the same type and length) into
+    /// `out1`, through a two-row kernel where there is one: it unpacks each weight block once for
+    /// both rows, so a few-row product (a short prompt, a follow-up question) does less work per
+    /// row. The results equal two calls of [`Self::rows`] bit for bit.
+    pub fn rows_pair(
+        &self,
+        other: &RowDots<'_>,
+        w: &[u8],
+        [out0, out1]: [&mut [f32]; 2],
+    ) -> Result<(), QuantError> {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(f), true) = (
+            self.pair,
+            // The same type and length: the same kernel, chosen by the same function.
+            other.pair.is_some()
+                && other.ty == self.ty
+                && other.n == self.n
+                && out0.len() == out1.len(),
+        ) {
+            let rb = self.row_bytes;
+            if w.len() != rb * out0.len() {
+                return Err(QuantError::ByteLength {
+                    ty: self.ty,
+                    elements: self.n * out0.len(),
+                    bytes: w.len(),
+                    expected: rb * out0.len(),
+                });
+            }
+            if rb > 0 {
+                // SAFETY: `pair_kernel` hands out only kernels whose CPU features were detected,
+                // for the type and layout of the one-row kernel both rows were laid out for;
+                // `rb > 0`, both rows hold `n` values, and `w` holds `out0.len()` rows of `rb`.
+                unsafe { f(w, rb, [self.a, other.a], [out0, out1]) };
+                return Ok(());
+            }
+        }
+        self.rows(w, out0)?;
+        other.rows(w, out1)
     }
 }
 

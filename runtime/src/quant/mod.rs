@@ -50,7 +50,7 @@ mod neon;
 pub(crate) use avx2::PREFETCH as PREFETCH_BYTES;
 
 pub use dequant::{dequantize_row, dequantize_row_scalar};
-pub use dot::{vec_dot, vec_dot_rows, vec_dot_scalar, RowDots};
+pub use dot::{pairs_in_one_pass, vec_dot, vec_dot_rows, vec_dot_scalar, RowDots};
 pub use quantize::quantize_row;
 pub use types::{GgmlType, QK, QK_K};
 
@@ -62,6 +62,13 @@ pub use types::{GgmlType, QK, QK_K};
 /// from 34.9 to 36.3 GB/s with 2048-value rows in L2 (one Zen 4 core).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) type RowKernel = unsafe fn(&[u8], usize, &[u8], &mut [f32]);
+
+/// A [`RowKernel`] for two activation rows at once (both laid out as the one-row kernel reads
+/// them), which unpacks each weight block once for both: `kernel(w, row_bytes, [a0, a1], [out0,
+/// out1])` sets `out0[r]` and `out1[r]` to the dots of row `r` with `a0` and `a1`, for every
+/// `r < out0.len() == out1.len()`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) type PairKernel = unsafe fn(&[u8], usize, [&[u8]; 2], [&mut [f32]; 2]);
 
 /// The dot of one weight row `w` with `a` through a [`RowKernel`] (for the kernels' tests).
 ///
