@@ -122,17 +122,23 @@ impl<'a> RowDots<'a> {
         })
     }
 
+    /// That `w` holds exactly `rows` weight rows.
+    fn check_rows(&self, w: &[u8], rows: usize) -> Result<(), QuantError> {
+        if w.len() == self.row_bytes * rows {
+            return Ok(());
+        }
+        Err(QuantError::ByteLength {
+            ty: self.ty,
+            elements: self.n * rows,
+            bytes: w.len(),
+            expected: self.row_bytes * rows,
+        })
+    }
+
     /// `out[r] = Σ w_r·a` for the consecutive weight rows `w_r` that fill `w`.
     pub fn rows(&self, w: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
+        self.check_rows(w, out.len())?;
         let rb = self.row_bytes;
-        if w.len() != rb * out.len() {
-            return Err(QuantError::ByteLength {
-                ty: self.ty,
-                elements: self.n * out.len(),
-                bytes: w.len(),
-                expected: rb * out.len(),
-            });
-        }
         if rb == 0 {
             // No elements: every dot is an empty sum.
             out.fill(0.0);
@@ -172,15 +178,8 @@ impl<'a> RowDots<'a> {
                 && other.n == self.n
                 && out0.len() == out1.len(),
         ) {
+            self.check_rows(w, out0.len())?;
             let rb = self.row_bytes;
-            if w.len() != rb * out0.len() {
-                return Err(QuantError::ByteLength {
-                    ty: self.ty,
-                    elements: self.n * out0.len(),
-                    bytes: w.len(),
-                    expected: rb * out0.len(),
-                });
-            }
             if rb > 0 {
                 // SAFETY: `pair_kernel` hands out only kernels whose CPU features were detected,
                 // for the type and layout of the one-row kernel both rows were laid out for;
