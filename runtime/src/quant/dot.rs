@@ -169,15 +169,11 @@ impl<'a> RowDots<'a> {
         w: &[u8],
         [out0, out1]: [&mut [f32]; 2],
     ) -> Result<(), QuantError> {
+        // The same type and length: the same kernel, chosen by the same function.
         #[cfg(target_arch = "x86_64")]
-        if let (Some(f), true) = (
-            self.pair,
-            // The same type and length: the same kernel, chosen by the same function.
-            other.pair.is_some()
-                && other.ty == self.ty
-                && other.n == self.n
-                && out0.len() == out1.len(),
-        ) {
+        let same = other.ty == self.ty && other.n == self.n && out0.len() == out1.len();
+        #[cfg(target_arch = "x86_64")]
+        if let Some(f) = self.pair.filter(|_| same && other.pair.is_some()) {
             self.check_rows(w, out0.len())?;
             let rb = self.row_bytes;
             if rb > 0 {

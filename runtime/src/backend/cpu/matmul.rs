@@ -204,9 +204,10 @@ pub(super) fn fusable(w: &[&CpuMatrix]) -> bool {
 
 /// One-row products of `x` with every matrix of `w` (which [`fusable`] took) as one parallel
 /// pass over all their rows, handed out in [`Pieces`]: `x` is quantized once, and the pool is
-/// woken once instead of once per matrix. In decoding that matters most for k and v, whose few rows are done sooner than a
-/// sleeping worker wakes. [`matmul`]'s one-row product of quantized weights is this pass over
-/// one matrix, so a fused product equals one `matmul` per matrix bit for bit.
+/// woken once instead of once per matrix. In decoding that matters most for k and v, whose few
+/// rows are done sooner than a sleeping worker wakes. [`matmul`]'s one-row product of quantized
+/// weights is this pass over one matrix, so a fused product equals one `matmul` per matrix bit for
+/// bit.
 pub(super) fn matvecs(
     ws: &mut CpuWorkspace,
     w: &[&CpuMatrix],
