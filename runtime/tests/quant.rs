@@ -294,7 +294,7 @@ fn row_loop_equals_one_dot_per_row() {
 }
 
 /// `RowDots::rows_pair` gives each activation row's `rows`, bit for bit: through the two-row
-/// kernel where the CPU and type have one (AVX-512 Q4_K), else one row after the other; and it
+/// kernel where the CPU and type have one (AVX-512 Q4_K and Q6_K), else one row after the other; and it
 /// refuses a buffer that is not whole rows.
 #[test]
 fn pair_of_activation_rows_equals_one_row_at_a_time() {

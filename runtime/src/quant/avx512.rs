@@ -44,6 +44,8 @@ pub(crate) fn pair_kernel(ty: super::GgmlType) -> Option<super::PairKernel> {
     match ty {
         super::GgmlType::Q4_K if gfni() => Some(q4_k_gfni_pair),
         super::GgmlType::Q4_K => Some(q4_k_pair),
+        super::GgmlType::Q6_K if gfni() => Some(q6_k_gfni_pair),
+        super::GgmlType::Q6_K => Some(q6_k_pair),
         _ => None,
     }
 }
@@ -317,101 +319,171 @@ without_and_with_gfni!(q4_k_kernel, q4_k, q4_k_pair; q4_k_gfni, q4_k_gfni_pair);
 /// reach bits 4-5 of each byte with one GFNI bit transform per vector, or without GFNI with
 /// per-half shifts and a mask.
 macro_rules! q6_k_kernel {
-    ($name:ident, $features:literal, $gfni:literal) => {
+    ($name:ident, $pair:ident, $features:literal, $gfni:literal) => {
         #[target_feature(enable = $features)]
         unsafe fn $name(w: &[u8], row_bytes: usize, a: &[u8], out: &mut [f32]) {
-            let low = _mm512_set1_epi8(0x0f);
-            let hi_bits = _mm512_set1_epi8(0x30);
-            let per_half = |lo: i64, hi: i64| {
-                _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi64(lo), _mm512_set1_epi64(hi))
-            };
-            // Bit matrices bringing bit pair 0 (lower half) or 1 (upper half) of each `qh` byte
-            // to bits 4-5, and pair 2 or 3; `high_nibble` moves bits 4-7 to 0-3 everywhere.
-            let (pair01, pair23) = (
-                per_half(0x0102_0000, 0x0408_0000),
-                per_half(0x1020_0000, 0x4080_0000),
-            );
-            let high_nibble = _mm512_set1_epi64(0x1020_4080_0000_0000);
-            // The shifts doing the same without GFNI: left by 4 or 2, right by 0 or 2.
-            let halves = |lo: i16, hi: i16| {
-                _mm512_mask_blend_epi16(0xffff_0000, _mm512_set1_epi16(lo), _mm512_set1_epi16(hi))
-            };
-            let (shl01, shr23) = (halves(4, 2), halves(0, 2));
-            // Vector u of half h covers groups 8h + 4u..8h + 4u + 4, four i32 lanes each; packed
-            // two at a time, 128-bit lane l holds four sums of group 8h + l, then four of
-            // 8h + 4 + l.
-            let pick: [__m512i; 2] =
-                std::array::from_fn(|h| i16_indices(|i| 8 * h + (i % 8 / 4) * 4 + i / 8));
-            let zero = _mm512_setzero_si512();
-            let step = |x: &[u8], y: &[u8], (mut acc, mut acc_bias): (__m512, __m256)| {
-                prefetch_ahead::<4>(x);
-                let yd = f32::from_le_bytes([y[256], y[257], y[258], y[259]]);
-                let d = f16_at(&x[208..]) * yd;
-                let (ql, qh, sc, bs) = (&x[0..128], &x[128..192], &x[192..208], &y[260..292]);
-                // SAFETY: every load reads a bounds-checked slice of exactly its width: `sc` 16
-                // bytes, `bs` 32, `ql[64h..64h + 64]`, `qh[32h..32h + 32]` and
-                // `y[128h + 64u..]` 64 bytes (h, u < 2).
-                unsafe {
-                    let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i));
-                    let bias =
-                        _mm256_madd_epi16(s16, _mm256_loadu_si256(bs.as_ptr() as *const __m256i));
-                    acc_bias = _mm256_fmadd_ps(
-                        _mm256_set1_ps(32.0 * d),
-                        _mm256_cvtepi32_ps(bias),
-                        acc_bias,
-                    );
-                    let s512 = _mm512_castsi256_si512(s16);
-                    let mut sumi = zero;
-                    for (h, pick) in pick.iter().enumerate() {
-                        let l = _mm512_loadu_si512(ql[64 * h..64 * h + 64].as_ptr() as *const _);
-                        // Both halves of a vector take their two high bits from the same 32
-                        // bytes of `qh` (bit pairs 0, 1 for `q[0]`, 2, 3 for `q[1]`), loaded
-                        // once into both.
-                        let hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                            qh[32 * h..32 * h + 32].as_ptr() as *const __m256i,
-                        ));
-                        let q = if $gfni {
-                            [
-                                _mm512_or_si512(
-                                    _mm512_and_si512(l, low),
-                                    _mm512_gf2p8affine_epi64_epi8::<0>(hb, pair01),
-                                ),
-                                _mm512_or_si512(
-                                    _mm512_gf2p8affine_epi64_epi8::<0>(l, high_nibble),
-                                    _mm512_gf2p8affine_epi64_epi8::<0>(hb, pair23),
-                                ),
-                            ]
-                        } else {
-                            let h01 = _mm512_and_si512(_mm512_sllv_epi16(hb, shl01), hi_bits);
-                            let h23 = _mm512_and_si512(_mm512_srlv_epi16(hb, shr23), hi_bits);
-                            let l4 = _mm512_srli_epi16::<4>(l);
-                            [
-                                _mm512_or_si512(_mm512_and_si512(l, low), h01),
-                                _mm512_or_si512(_mm512_and_si512(l4, low), h23),
-                            ]
-                        };
-                        let dots: [__m512i; 2] = std::array::from_fn(|u| {
-                            let ys = &y[128 * h + 64 * u..128 * h + 64 * u + 64];
-                            let ys = _mm512_loadu_si512(ys.as_ptr() as *const _);
-                            _mm512_dpbusd_epi32(zero, q[u], ys)
-                        });
-                        let packed = _mm512_packs_epi32(dots[0], dots[1]);
-                        let sv = _mm512_permutexvar_epi16(*pick, s512);
-                        sumi = _mm512_dpwssd_epi32(sumi, packed, sv);
-                    }
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
-                }
-                (acc, acc_bias)
-            };
+            q6_k_parts!($gfni, zero, head, values, scales, finish);
             let init = (_mm512_setzero_ps(), _mm256_setzero_ps());
-            rows_of_blocks(w, row_bytes, a, 210, out, init, step, |(acc, acc_bias)| {
-                _mm512_reduce_add_ps(_mm512_sub_ps(acc, _mm512_zextps256_ps512(acc_bias)))
-            });
+            let step = |x: &[u8], y: &[u8], st| {
+                let (d, s16) = head(x);
+                q6_k_apply!(zero, y, st, d, s16, |h| values(x, h), |h| scales(s16, h))
+            };
+            rows_of_blocks(w, row_bytes, a, 210, out, init, step, finish);
+        }
+
+        /// The kernel above for two activation rows at once, which unpacks each weight block
+        /// once for both: `out0` against `a0`, `out1` against `a1`.
+        #[target_feature(enable = $features)]
+        unsafe fn $pair(
+            w: &[u8],
+            row_bytes: usize,
+            [a0, a1]: [&[u8]; 2],
+            [out0, out1]: [&mut [f32]; 2],
+        ) {
+            q6_k_parts!($gfni, zero, head, values, scales, finish);
+            let init = (_mm512_setzero_ps(), _mm256_setzero_ps());
+            let step = |x: &[u8], [y0, y1]: [&[u8]; 2], [s0, s1]: [_; 2]| {
+                let (d, s16) = head(x);
+                let q = [values(x, 0), values(x, 1)];
+                let sc = [scales(s16, 0), scales(s16, 1)];
+                [
+                    q6_k_apply!(zero, y0, s0, d, s16, |h| q[h], |h| sc[h]),
+                    q6_k_apply!(zero, y1, s1, d, s16, |h| q[h], |h| sc[h]),
+                ]
+            };
+            pair_rows_of_blocks(
+                w,
+                row_bytes,
+                [a0, a1],
+                210,
+                [out0, out1],
+                init,
+                step,
+                finish,
+            );
         }
     };
 }
 
-without_and_with_gfni!(q6_k_kernel, q6_k; q6_k_gfni);
+/// Folds the dot of a Q6_K block (given as its scale `d`, its sixteen scales `s16` as i16 and,
+/// per half `h`, its 6-bit values and spread scales) with the activation block `y` into `state`,
+/// as [`q4_k_apply`] does for Q4_K.
+macro_rules! q6_k_apply {
+    ($zero:ident, $y:expr, $state:expr, $d:expr, $s16:expr, |$h:ident| $q:expr, |$h2:ident| $sc:expr) => {{
+        let y: &[u8] = $y;
+        let (mut acc, mut acc_bias): (__m512, __m256) = $state;
+        let d = $d * f32::from_le_bytes([y[256], y[257], y[258], y[259]]);
+        let bs = &y[260..292];
+        // SAFETY: every load reads a bounds-checked slice of exactly its width: `bs` 32 bytes
+        // and `y[128h + 64u..]` 64 bytes (h, u < 2).
+        unsafe {
+            let bias = _mm256_madd_epi16($s16, _mm256_loadu_si256(bs.as_ptr() as *const __m256i));
+            acc_bias =
+                _mm256_fmadd_ps(_mm256_set1_ps(32.0 * d), _mm256_cvtepi32_ps(bias), acc_bias);
+            let mut sumi = $zero;
+            for h in 0..2 {
+                let q: [__m512i; 2] = {
+                    let $h = h;
+                    $q
+                };
+                let dots: [__m512i; 2] = std::array::from_fn(|u| {
+                    let ys = &y[128 * h + 64 * u..128 * h + 64 * u + 64];
+                    _mm512_dpbusd_epi32($zero, q[u], _mm512_loadu_si512(ys.as_ptr() as *const _))
+                });
+                let packed = _mm512_packs_epi32(dots[0], dots[1]);
+                let sv: __m512i = {
+                    let $h2 = h;
+                    $sc
+                };
+                sumi = _mm512_dpwssd_epi32(sumi, packed, sv);
+            }
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        }
+        (acc, acc_bias)
+    }};
+}
+
+/// The parts of the Q6_K kernels, named by the caller: `zero`; `head` reads a weight block's
+/// scale `d` and its sixteen scales widened to i16; `values` makes the 6-bit values of one half
+/// (two vectors of 64) and `scales` spreads that half's scales; `finish` sums a state.
+/// [`q6_k_apply`] folds a block's dot with one activation block into a state.
+macro_rules! q6_k_parts {
+    ($gfni:literal, $zero:ident, $head:ident, $values:ident, $scales:ident, $finish:ident) => {
+        let low = _mm512_set1_epi8(0x0f);
+        let hi_bits = _mm512_set1_epi8(0x30);
+        let per_half = |lo: i64, hi: i64| {
+            _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi64(lo), _mm512_set1_epi64(hi))
+        };
+        // Bit matrices bringing bit pair 0 (lower half) or 1 (upper half) of each `qh` byte
+        // to bits 4-5, and pair 2 or 3; `high_nibble` moves bits 4-7 to 0-3 everywhere.
+        let (pair01, pair23) = (
+            per_half(0x0102_0000, 0x0408_0000),
+            per_half(0x1020_0000, 0x4080_0000),
+        );
+        let high_nibble = _mm512_set1_epi64(0x1020_4080_0000_0000);
+        // The shifts doing the same without GFNI: left by 4 or 2, right by 0 or 2.
+        let halves = |lo: i16, hi: i16| {
+            _mm512_mask_blend_epi16(0xffff_0000, _mm512_set1_epi16(lo), _mm512_set1_epi16(hi))
+        };
+        let (shl01, shr23) = (halves(4, 2), halves(0, 2));
+        // Vector u of half h covers groups 8h + 4u..8h + 4u + 4, four i32 lanes each; packed
+        // two at a time, 128-bit lane l holds four sums of group 8h + l, then four of
+        // 8h + 4 + l.
+        let pick: [__m512i; 2] =
+            std::array::from_fn(|h| i16_indices(|i| 8 * h + (i % 8 / 4) * 4 + i / 8));
+        let $zero = _mm512_setzero_si512();
+        let $head = |x: &[u8]| -> (f32, __m256i) {
+            prefetch_ahead::<4>(x);
+            let sc = &x[192..208];
+            // SAFETY: `sc` is a bounds-checked slice of the 16 bytes loaded, and `f16_at` reads
+            // the two bytes of a bounds-checked slice.
+            unsafe {
+                let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i));
+                (f16_at(&x[208..]), s16)
+            }
+        };
+        let $values = |x: &[u8], h: usize| -> [__m512i; 2] {
+            let (ql, qh) = (&x[64 * h..64 * h + 64], &x[128 + 32 * h..128 + 32 * h + 32]);
+            // SAFETY: `ql` and `qh` are bounds-checked slices of the 64 and 32 bytes loaded.
+            let (l, hb) = unsafe {
+                (
+                    _mm512_loadu_si512(ql.as_ptr() as *const _),
+                    // Both halves of a vector take their two high bits from the same 32 bytes
+                    // of `qh` (bit pairs 0, 1 for the first vector, 2, 3 for the second),
+                    // loaded once into both.
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(qh.as_ptr() as *const __m256i)),
+                )
+            };
+            if $gfni {
+                [
+                    _mm512_or_si512(
+                        _mm512_and_si512(l, low),
+                        _mm512_gf2p8affine_epi64_epi8::<0>(hb, pair01),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_gf2p8affine_epi64_epi8::<0>(l, high_nibble),
+                        _mm512_gf2p8affine_epi64_epi8::<0>(hb, pair23),
+                    ),
+                ]
+            } else {
+                let h01 = _mm512_and_si512(_mm512_sllv_epi16(hb, shl01), hi_bits);
+                let h23 = _mm512_and_si512(_mm512_srlv_epi16(hb, shr23), hi_bits);
+                let l4 = _mm512_srli_epi16::<4>(l);
+                [
+                    _mm512_or_si512(_mm512_and_si512(l, low), h01),
+                    _mm512_or_si512(_mm512_and_si512(l4, low), h23),
+                ]
+            }
+        };
+        let $scales =
+            |s16: __m256i, h: usize| _mm512_permutexvar_epi16(pick[h], _mm512_castsi256_si512(s16));
+        let $finish = |(acc, acc_bias): (__m512, __m256)| {
+            _mm512_reduce_add_ps(_mm512_sub_ps(acc, _mm512_zextps256_ps512(acc_bias)))
+        };
+    };
+}
+
+without_and_with_gfni!(q6_k_kernel, q6_k, q6_k_pair; q6_k_gfni, q6_k_gfni_pair);
 
 /// The row loop of the Q4_K and Q6_K kernels: `out[r] = finish(state)`, where `state` is `init`
 /// folded by `step` over the blocks of row `r` (`wb` weight bytes each, against [`LAID`] bytes of
@@ -633,6 +705,76 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Each two-row kernel, with and without GFNI where the CPU has it, gives for each activation
+    /// row what its one-row kernel gives, bit for bit (the dispatch test in `tests/quant.rs` only
+    /// reaches the variant this CPU picks).
+    #[test]
+    fn pair_kernels_equal_their_one_row_kernels() {
+        use super::super::{PairKernel, RowKernel};
+        if !super::available() {
+            eprintln!("no AVX-512 BW/VNNI on this CPU: the kernels are not exercised here");
+            return;
+        }
+        for (ty, n, w, act, _) in super::super::kernel_cases().take(24) {
+            let kernels: Vec<(RowKernel, PairKernel, &str)> = match ty {
+                GgmlType::Q4_K => vec![
+                    (super::q4_k, super::q4_k_pair, "no gfni"),
+                    (super::q4_k_gfni, super::q4_k_gfni_pair, "gfni"),
+                ],
+                GgmlType::Q6_K => vec![
+                    (super::q6_k, super::q6_k_pair, "no gfni"),
+                    (super::q6_k_gfni, super::q6_k_gfni_pair, "gfni"),
+                ],
+                _ => continue,
+            };
+            let Some((_, Some(lay_out))) = super::detected_kernel(ty) else {
+                panic!("{ty} has an AVX-512 kernel that reads a laid-out row");
+            };
+            // A second activation row: each block's values reversed, its scale and sums kept.
+            let mut act1 = act.clone();
+            for b in act1.chunks_exact_mut(292) {
+                b[4..260].reverse();
+            }
+            // Two weight rows: the row, and the row with its blocks in reverse order.
+            let rb = w.len();
+            let mut rows = w.clone();
+            for blk in w.chunks_exact(ty.type_size()).rev() {
+                rows.extend_from_slice(blk);
+            }
+            let (mut b0, mut b1) = (Vec::new(), Vec::new());
+            let (a0, a1) = (lay_out(&act, &mut b0), lay_out(&act1, &mut b1));
+            for (one, pair, what) in kernels {
+                if what == "gfni" && !super::gfni() {
+                    continue;
+                }
+                let (mut want0, mut want1, mut got0, mut got1) =
+                    ([0f32; 2], [0f32; 2], [0f32; 2], [0f32; 2]);
+                // SAFETY: the features of each were detected (`available`, `gfni`); `rows` holds
+                // two rows of `rb` bytes and both activation rows `n` values, laid out as the
+                // kernels read them.
+                unsafe {
+                    one(&rows, rb, a0, &mut want0);
+                    one(&rows, rb, a1, &mut want1);
+                    pair(&rows, rb, [a0, a1], [&mut got0, &mut got1]);
+                }
+                assert_eq!(
+                    got0.map(f32::to_bits),
+                    want0.map(f32::to_bits),
+                    "{ty} {what} n={n}"
+                );
+                assert_eq!(
+                    got1.map(f32::to_bits),
+                    want1.map(f32::to_bits),
+                    "{ty} {what} n={n}"
+                );
+                assert_ne!(
+                    want0, want1,
+                    "{ty} n={n}: the two activation rows should differ"
+                );
             }
         }
     }
