@@ -45,6 +45,7 @@ fn bench(c: &mut Criterion) {
         }),
         options: Vec::new(),
         max_tokens: TOKENS as usize,
+        lookup: 0,
         sampling: SamplingParams::default(),
     };
     c.bench_function("rust_api_ask", |b| {

@@ -709,6 +709,7 @@ pub unsafe extern "C" fn anatomy_ask(
             image,
             options: opts,
             max_tokens: p.max_tokens as usize,
+            lookup: 0,
             sampling: SamplingParams {
                 temperature: p.temperature,
                 top_k: p.top_k as usize,

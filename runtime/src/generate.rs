@@ -83,6 +83,10 @@ pub struct AskRequest {
     pub options: Vec<String>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// Prompt-lookup decoding: at most this many tokens drafted per step from earlier text of
+    /// the context and checked in one pass ([`Session::advance`]); 0 decodes one token per pass.
+    /// The answer is the same either way.
+    pub lookup: usize,
 }
 
 /// What the streaming callback tells the loop.
@@ -117,6 +121,8 @@ pub struct Timings {
     pub prefill_reused_tokens: usize,
     pub decode_ms: f64,
     pub decode_tokens: usize,
+    /// Decoded tokens whose pass had already run as a drafted token ([`AskRequest::lookup`]).
+    pub lookup_accepted_tokens: usize,
     pub peak_rss_bytes: u64,
 }
 
@@ -314,7 +320,9 @@ impl<B: Backend> Session<'_, B> {
                 last_fed = false;
                 break;
             }
-            self.append(&[next])?;
+            if self.advance(next, req.lookup)? {
+                timings.lookup_accepted_tokens += 1;
+            }
             timings.decode_tokens += 1;
         }
         timings.decode_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -4,6 +4,7 @@
 //! - `backend`: the kernel set as a trait, and the CPU backend.
 //! - `model`: the Qwen2.5-VL forward pass (vision tower, merger, decoder) written against it.
 //! - `tokenizer`: byte-level BPE from the file's `tokenizer.ggml.*` metadata.
+//! - `lookup`: drafted tokens for prompt-lookup decoding.
 //! - `sampling`: next-token choice; `generate`: prompts, the decode loop, option scoring.
 //! - `session`: [`Model`] (shared, read-only) and [`Session`] (one conversation).
 
@@ -11,6 +12,7 @@ pub mod backend;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod lookup;
 pub mod model;
 pub mod quant;
 pub mod sampling;

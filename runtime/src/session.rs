@@ -17,6 +17,7 @@ use crate::error::RuntimeError;
 use crate::generate::PromptFormat;
 use crate::gguf::qwen2vl::{LmParams, MmprojParams};
 use crate::gguf::{GgufFile, Residence};
+use crate::model::text::ALL_LOGITS_ROWS;
 use crate::model::weights::{LmWeights, VisionWeights};
 use crate::model::{TextModel, TextState, VisionModel, VisionScratch};
 use crate::tokenizer::Tokenizer;
@@ -253,6 +254,8 @@ impl<B: Backend> Model<B> {
             tokens: Vec::with_capacity(self.context),
             context_image: None,
             rope_delta: 0,
+            ahead: std::collections::VecDeque::new(),
+            ahead_row: 0,
         }
     }
 }
@@ -279,6 +282,11 @@ pub struct Session<'m, B: Backend = CpuBackend> {
     /// The key of the image whose embeddings the context holds, if any.
     context_image: Option<u64>,
     rope_delta: i64,
+    /// Drafted tokens checked by [`Self::advance`] and not yet taken: their keys and values
+    /// follow `tokens` in the cache (whose length is `tokens.len() + ahead.len()`), and the first
+    /// one's logits are row `ahead_row` of the text state's `all_logits`.
+    ahead: std::collections::VecDeque<u32>,
+    ahead_row: usize,
 }
 
 /// A prepared image: the index of its encoding in the session's cache.
@@ -309,6 +317,7 @@ impl<'m, B: Backend> Session<'m, B> {
     /// Forgets the conversation (the image cache stays), so the next [`Self::prefill`] runs every
     /// token of its prompt.
     pub fn reset(&mut self) {
+        self.ahead.clear();
         self.state.len = 0;
         self.tokens.clear();
         self.context_image = None;
@@ -439,6 +448,7 @@ impl<'m, B: Backend> Session<'m, B> {
                 .unwrap_or(common)
         };
         let keep = common.min(ids.len() - 1);
+        self.ahead.clear();
         self.tokens.truncate(keep);
         self.state.len = keep;
         self.context_image = key;
@@ -504,6 +514,7 @@ impl<'m, B: Backend> Session<'m, B> {
     /// Runs `ids` after the context (text tokens only), leaving the last one's logits.
     pub fn append(&mut self, ids: &[u32]) -> Result<(), RuntimeError> {
         let m = self.model;
+        self.drop_ahead();
         if self.tokens.len() + ids.len() > self.state.ctx {
             return Err(RuntimeError::ContextOverflow {
                 needed: self.tokens.len() + ids.len(),
@@ -525,6 +536,79 @@ impl<'m, B: Backend> Session<'m, B> {
             m.backend.read(&self.state.logits, 0, &mut self.logits);
         }
         Ok(())
+    }
+
+    /// [`Self::append`] of one token, with prompt-lookup decoding when `lookup > 0`: tokens
+    /// drafted from earlier text of the context ([`crate::lookup::draft`], at most `lookup`)
+    /// run after `next` in the same forward pass, so that when the next tokens chosen are the
+    /// drafted ones, their logits are already there. Returns whether `next` was such a token,
+    /// checked by an earlier call (nothing ran now).
+    ///
+    /// The logits are those `append` gives: each row of the pass takes the same kernels as a
+    /// one-token forward (fewer rows than any switch to the many-row kernels), and a token is
+    /// taken from the draft only when it is the one chosen from the true logits, so sampling,
+    /// seeds and outputs are unchanged. A drafted token not chosen costs its row of the pass,
+    /// and its keys and values are dropped.
+    pub fn advance(&mut self, next: u32, lookup: usize) -> Result<bool, RuntimeError> {
+        let m = self.model;
+        if self.ahead.front() == Some(&next) {
+            self.ahead.pop_front();
+            self.tokens.push(next);
+            let vocab = self.logits.len();
+            if let Some(all) = &self.state.all_logits {
+                m.backend
+                    .read(all, self.ahead_row * vocab, &mut self.logits);
+            }
+            self.ahead_row += 1;
+            return Ok(true);
+        }
+        self.drop_ahead();
+        if self.tokens.len() >= self.state.ctx {
+            return Err(RuntimeError::ContextOverflow {
+                needed: self.tokens.len() + 1,
+                context: self.state.ctx,
+            });
+        }
+        // Room for `next` and the draft in the cache and in one pass.
+        let room = (self.state.ctx - self.tokens.len() - 1)
+            .min(self.state.chunk - 1)
+            .min(ALL_LOGITS_ROWS - 1);
+        self.tokens.push(next);
+        let draft: Vec<u32> = crate::lookup::draft(&self.tokens, lookup.min(room)).to_vec();
+        self.tokens.pop();
+        if draft.is_empty() {
+            self.append(&[next])?;
+            return Ok(false);
+        }
+        let mut run = Vec::with_capacity(draft.len() + 1);
+        run.push(next);
+        run.extend_from_slice(&draft);
+        self.positions.clear();
+        let base = self.tokens.len() as i64 + self.rope_delta;
+        self.positions
+            .extend((0..run.len() as i64).map(|i| [base + i; 3]));
+        m.text.embed(&m.backend, &mut self.state, &run)?;
+        let (state, positions) = (&mut self.state, &self.positions);
+        let ran = m
+            .backend
+            .scope(|| m.text.forward_all(&m.backend, state, positions));
+        if let Err(e) = ran {
+            self.state.len = self.tokens.len();
+            return Err(e.into());
+        }
+        self.tokens.push(next);
+        self.ahead.extend(draft);
+        self.ahead_row = 1;
+        if let Some(all) = &self.state.all_logits {
+            m.backend.read(all, 0, &mut self.logits);
+        }
+        Ok(false)
+    }
+
+    /// Forgets the drafted tokens not taken: their keys and values are past the context's end.
+    fn drop_ahead(&mut self) {
+        self.ahead.clear();
+        self.state.len = self.tokens.len();
     }
 
     /// Room left in the context.

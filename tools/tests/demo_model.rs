@@ -107,6 +107,43 @@ fn the_demo_model_answers_the_sample_questions_and_carries_its_provenance() {
     }
 }
 
+/// `ask --lookup N` gives the answer of plain decoding (text, tokens, choice, probabilities) and
+/// says in `timings.lookup_accepted_tokens` how many decoded tokens came from checked drafts;
+/// `--hf` refuses it.
+#[test]
+fn ask_with_lookup_gives_the_same_answer_and_reports_the_drafted_tokens_taken() {
+    let image = root().join("demo/samples/images/000003.png");
+    let ask = |extra: &[&str]| -> Value {
+        let mut argv = vec![
+            "ask",
+            "--image",
+            image.to_str().unwrap(),
+            "--options",
+            "Liver;Gallbladder;Omentum;Abdominal Wall Cavity;Cystic Plate;Gut",
+            "What is the top-left anatomy?",
+            "--json",
+        ];
+        argv.extend_from_slice(extra);
+        serde_json::from_str(&ok(anatomy(&argv))).unwrap()
+    };
+    let plain = ask(&[]);
+    let drafted = ask(&["--lookup", "4"]);
+    for k in ["text", "token_ids", "choice", "option_probs"] {
+        assert_eq!(plain[k], drafted[k], "{k}");
+    }
+    assert_eq!(plain["timings"]["lookup_accepted_tokens"], 0);
+    let taken = drafted["timings"]["lookup_accepted_tokens"]
+        .as_u64()
+        .unwrap();
+    let decoded = drafted["timings"]["decode_tokens"].as_u64().unwrap();
+    assert!(taken > 0 && taken <= decoded, "{drafted}");
+
+    let out = anatomy(&["ask", "--hf", "/nonexistent", "--lookup", "2", "q"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--lookup"), "{err}");
+}
+
 /// The words of a shell command line with plain double quotes (the README's first line).
 fn shell_words(line: &str) -> Vec<String> {
     let mut words = Vec::new();

@@ -10,6 +10,10 @@ use super::weights::LmWeights;
 use crate::backend::{AttnShape, Backend, BackendError, Mask, WorkspaceSpec};
 use crate::gguf::qwen2vl::LmParams;
 
+/// Most rows [`TextModel::forward_all`] takes: below every weight type's switch to the many-row
+/// kernels (16 rows at least), so that its rows' logits equal one-token forwards'.
+pub const ALL_LOGITS_ROWS: usize = 9;
+
 pub struct TextModel<B: Backend> {
     pub w: LmWeights<B>,
     pub p: LmParams,
@@ -39,6 +43,9 @@ pub struct TextState<B: Backend> {
     last_norm: B::Buffer,
     /// Logits of the last token run, `[vocab]`.
     pub logits: B::Buffer,
+    /// Logits of every row of the last [`TextModel::forward_all`], `[rows, vocab]`: allocated by
+    /// the first call, for at most [`ALL_LOGITS_ROWS`] rows.
+    pub all_logits: Option<B::Buffer>,
     kc: Vec<B::Buffer>,
     vc: Vec<B::Buffer>,
     ws: B::Workspace,
@@ -90,6 +97,7 @@ impl<B: Backend> TextModel<B> {
             last: b.alloc(e),
             last_norm: b.alloc(e),
             logits: b.alloc(self.p.vocab_size),
+            all_logits: None,
             kc: (0..self.p.block_count).map(|_| b.alloc(ctx * kv)).collect(),
             vc: (0..self.p.block_count).map(|_| b.alloc(ctx * kv)).collect(),
             ws: b.workspace(WorkspaceSpec {
@@ -110,6 +118,47 @@ impl<B: Backend> TextModel<B> {
     /// the next tokens, appends their keys and values, and leaves the last row's logits in
     /// `st.logits`. The caller checks the sizes (`Session` does, with errors).
     pub fn forward(
+        &self,
+        b: &B,
+        st: &mut TextState<B>,
+        positions: &[[i64; 3]],
+    ) -> Result<(), BackendError> {
+        self.layers(b, st, positions)?;
+        let (n, e) = (positions.len(), self.p.embedding_length);
+        b.copy_rows(&st.x, n - 1, &mut st.last, 0, 1, e);
+        b.rms_norm(
+            &st.last,
+            &self.w.out_norm,
+            &mut st.last_norm,
+            1,
+            self.p.rms_norm_eps,
+        );
+        b.matmul(&mut st.ws, self.w.head(), &st.last_norm, 1, &mut st.logits)
+    }
+
+    /// [`Self::forward`] for at most [`ALL_LOGITS_ROWS`] rows, leaving every row's logits in
+    /// `st.all_logits` (row `i` at `i·vocab`): the check of drafted tokens. Below the many-row
+    /// kernels' switch every product takes the dots row by row, so each row's logits are those a
+    /// one-token forward would give.
+    pub fn forward_all(
+        &self,
+        b: &B,
+        st: &mut TextState<B>,
+        positions: &[[i64; 3]],
+    ) -> Result<(), BackendError> {
+        let n = positions.len();
+        debug_assert!(n <= ALL_LOGITS_ROWS);
+        self.layers(b, st, positions)?;
+        let out = st
+            .all_logits
+            .get_or_insert_with(|| b.alloc(ALL_LOGITS_ROWS * self.p.vocab_size));
+        b.rms_norm(&st.x, &self.w.out_norm, &mut st.h, n, self.p.rms_norm_eps);
+        b.matmul(&mut st.ws, self.w.head(), &st.h, n, out)
+    }
+
+    /// The decoder layers over rows `0..positions.len()` of `st.x`, their keys and values
+    /// appended to the cache.
+    fn layers(
         &self,
         b: &B,
         st: &mut TextState<B>,
@@ -174,8 +223,6 @@ impl<B: Backend> TextModel<B> {
             b.add(&mut st.x, &st.h, n * e);
         }
         st.len += n;
-        b.copy_rows(&st.x, n - 1, &mut st.last, 0, 1, e);
-        b.rms_norm(&st.last, &self.w.out_norm, &mut st.last_norm, 1, eps);
-        b.matmul(&mut st.ws, self.w.head(), &st.last_norm, 1, &mut st.logits)
+        Ok(())
     }
 }

@@ -66,6 +66,11 @@ pub struct AskArgs {
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) temp: f32,
+    /// Prompt-lookup decoding: draft up to N tokens per step from earlier text of the context
+    /// (option names, phrases the answer repeats) and check them in one pass; the answer is the
+    /// same as without (GGUF runtime; at most 8).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) lookup: usize,
     /// Nucleus sampling mass.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) top_p: f32,
@@ -112,6 +117,9 @@ pub fn demo_files() -> Result<(PathBuf, PathBuf)> {
 }
 
 pub fn run(mut args: AskArgs) -> Result<()> {
+    if args.hf.is_some() && args.lookup > 0 {
+        bail!("--lookup is a GGUF runtime option (--model); --hf decodes one token at a time");
+    }
     if args.model.is_none() && args.hf.is_none() {
         let (lm, mm) = demo_files()?;
         args.model = Some(lm);

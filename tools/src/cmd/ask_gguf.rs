@@ -50,6 +50,7 @@ fn answer_one(session: &mut Session, args: &AskArgs, question: &str) -> Result<(
             .map(parse_options)
             .unwrap_or_default(),
         max_tokens: args.max_tokens,
+        lookup: args.lookup,
         sampling: SamplingParams {
             temperature: args.temp,
             top_k: args.top_k,
@@ -91,6 +92,7 @@ fn answer_one(session: &mut Session, args: &AskArgs, question: &str) -> Result<(
                 "prefill_reused_tokens": t.prefill_reused_tokens,
                 "decode_ms": t.decode_ms,
                 "decode_tokens": t.decode_tokens,
+                "lookup_accepted_tokens": t.lookup_accepted_tokens,
                 "peak_rss_bytes": t.peak_rss_bytes,
             },
         });

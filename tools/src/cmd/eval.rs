@@ -50,6 +50,9 @@ pub struct EvalArgs {
     /// Most tokens generated per answer.
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    /// Prompt-lookup decoding: draft up to N tokens per step (see `anatomy ask --lookup`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    lookup: usize,
     /// Worker threads of the runtime; physical cores by default.
     #[arg(long)]
     threads: Option<usize>,
@@ -174,6 +177,7 @@ fn run_gguf(args: &EvalArgs, lm: &Path, mm: &Path) -> Result<()> {
             image: Some(ImageInput::Path(q.image.clone())),
             options: q.options.clone(),
             max_tokens: args.max_new_tokens,
+            lookup: args.lookup,
             sampling: SamplingParams::default(),
         };
         let t = Instant::now();
