@@ -254,8 +254,9 @@ impl<B: Backend> Model<B> {
             tokens: Vec::with_capacity(self.context),
             context_image: None,
             rope_delta: 0,
-            ahead: std::collections::VecDeque::new(),
+            ahead: std::collections::VecDeque::with_capacity(ALL_LOGITS_ROWS),
             ahead_row: 0,
+            run: Vec::with_capacity(ALL_LOGITS_ROWS),
         }
     }
 }
@@ -287,6 +288,8 @@ pub struct Session<'m, B: Backend = CpuBackend> {
     /// one's logits are row `ahead_row` of the text state's `all_logits`.
     ahead: std::collections::VecDeque<u32>,
     ahead_row: usize,
+    /// The tokens of [`Self::advance`]'s pass, kept so that decoding allocates nothing per token.
+    run: Vec<u32>,
 }
 
 /// A prepared image: the index of its encoding in the session's cache.
@@ -573,21 +576,30 @@ impl<'m, B: Backend> Session<'m, B> {
         let room = (self.state.ctx - self.tokens.len() - 1)
             .min(self.state.chunk - 1)
             .min(ALL_LOGITS_ROWS - 1);
+        // `run` is `next` and its draft, in a buffer kept from step to step.
         self.tokens.push(next);
-        let draft: Vec<u32> = crate::lookup::draft(&self.tokens, lookup.min(room)).to_vec();
-        self.tokens.pop();
-        if draft.is_empty() {
-            self.append(&[next])?;
-            return Ok(false);
-        }
-        let mut run = Vec::with_capacity(draft.len() + 1);
+        let mut run = std::mem::take(&mut self.run);
+        run.clear();
         run.push(next);
-        run.extend_from_slice(&draft);
+        run.extend_from_slice(crate::lookup::draft(&self.tokens, lookup.min(room)));
+        self.tokens.pop();
+        let ran = self.check_draft(&run);
+        self.run = run;
+        ran.map(|()| false)
+    }
+
+    /// Runs `run` (a chosen token and its draft) after the context, taking its first token and
+    /// keeping the rest ahead.
+    fn check_draft(&mut self, run: &[u32]) -> Result<(), RuntimeError> {
+        let m = self.model;
+        if run.len() == 1 {
+            return self.append(run);
+        }
         self.positions.clear();
         let base = self.tokens.len() as i64 + self.rope_delta;
         self.positions
             .extend((0..run.len() as i64).map(|i| [base + i; 3]));
-        m.text.embed(&m.backend, &mut self.state, &run)?;
+        m.text.embed(&m.backend, &mut self.state, run)?;
         let (state, positions) = (&mut self.state, &self.positions);
         let ran = m
             .backend
@@ -596,13 +608,13 @@ impl<'m, B: Backend> Session<'m, B> {
             self.state.len = self.tokens.len();
             return Err(e.into());
         }
-        self.tokens.push(next);
-        self.ahead.extend(draft);
+        self.tokens.push(run[0]);
+        self.ahead.extend(&run[1..]);
         self.ahead_row = 1;
         if let Some(all) = &self.state.all_logits {
             m.backend.read(all, 0, &mut self.logits);
         }
-        Ok(false)
+        Ok(())
     }
 
     /// Forgets the drafted tokens not taken: their keys and values are past the context's end.
