@@ -254,9 +254,8 @@ impl<B: Backend> Model<B> {
             tokens: Vec::with_capacity(self.context),
             context_image: None,
             rope_delta: 0,
-            ahead: std::collections::VecDeque::with_capacity(ALL_LOGITS_ROWS),
-            ahead_row: 0,
             run: Vec::with_capacity(ALL_LOGITS_ROWS),
+            taken: 0,
         }
     }
 }
@@ -283,13 +282,13 @@ pub struct Session<'m, B: Backend = CpuBackend> {
     /// The key of the image whose embeddings the context holds, if any.
     context_image: Option<u64>,
     rope_delta: i64,
-    /// Drafted tokens checked by [`Self::advance`] and not yet taken: their keys and values
-    /// follow `tokens` in the cache (whose length is `tokens.len() + ahead.len()`), and the first
-    /// one's logits are row `ahead_row` of the text state's `all_logits`.
-    ahead: std::collections::VecDeque<u32>,
-    ahead_row: usize,
-    /// The tokens of [`Self::advance`]'s pass, kept so that decoding allocates nothing per token.
+    /// The tokens of [`Self::advance`]'s last pass (the chosen token, then its draft; empty when
+    /// none is ahead), of which the first `taken` are in `tokens`. The rest are ahead: their keys
+    /// and values follow `tokens` in the cache (whose length is `tokens.len() + run.len() -
+    /// taken`), and row `taken` of the text state's `all_logits` holds the logits after the first
+    /// of them. Kept from step to step, so that decoding allocates nothing per token.
     run: Vec<u32>,
+    taken: usize,
 }
 
 /// A prepared image: the index of its encoding in the session's cache.
@@ -320,7 +319,7 @@ impl<'m, B: Backend> Session<'m, B> {
     /// Forgets the conversation (the image cache stays), so the next [`Self::prefill`] runs every
     /// token of its prompt.
     pub fn reset(&mut self) {
-        self.ahead.clear();
+        self.drop_ahead();
         self.state.len = 0;
         self.tokens.clear();
         self.context_image = None;
@@ -451,7 +450,7 @@ impl<'m, B: Backend> Session<'m, B> {
                 .unwrap_or(common)
         };
         let keep = common.min(ids.len() - 1);
-        self.ahead.clear();
+        self.drop_ahead();
         self.tokens.truncate(keep);
         self.state.len = keep;
         self.context_image = key;
@@ -554,72 +553,58 @@ impl<'m, B: Backend> Session<'m, B> {
     /// and its keys and values are dropped.
     pub fn advance(&mut self, next: u32, lookup: usize) -> Result<bool, RuntimeError> {
         let m = self.model;
-        if self.ahead.front() == Some(&next) {
-            self.ahead.pop_front();
+        if self.run.get(self.taken) == Some(&next) {
             self.tokens.push(next);
             let vocab = self.logits.len();
             if let Some(all) = &self.state.all_logits {
-                m.backend
-                    .read(all, self.ahead_row * vocab, &mut self.logits);
+                m.backend.read(all, self.taken * vocab, &mut self.logits);
             }
-            self.ahead_row += 1;
+            self.taken += 1;
             return Ok(true);
         }
         self.drop_ahead();
-        if self.tokens.len() >= self.state.ctx {
-            return Err(RuntimeError::ContextOverflow {
-                needed: self.tokens.len() + 1,
-                context: self.state.ctx,
-            });
-        }
-        // Room for `next` and the draft in the cache and in one pass.
-        let room = (self.state.ctx - self.tokens.len() - 1)
+        // Room for `next` and the draft in the cache and in one pass (none when the context is
+        // full: `append` then says so).
+        let room = (self.state.ctx.saturating_sub(self.tokens.len() + 1))
             .min(self.state.chunk - 1)
             .min(ALL_LOGITS_ROWS - 1);
-        // `run` is `next` and its draft, in a buffer kept from step to step.
         self.tokens.push(next);
-        let mut run = std::mem::take(&mut self.run);
-        run.clear();
-        run.push(next);
-        run.extend_from_slice(crate::lookup::draft(&self.tokens, lookup.min(room)));
+        self.run.push(next);
+        self.run
+            .extend_from_slice(crate::lookup::draft(&self.tokens, lookup.min(room)));
         self.tokens.pop();
-        let ran = self.check_draft(&run);
-        self.run = run;
-        ran.map(|()| false)
-    }
-
-    /// Runs `run` (a chosen token and its draft) after the context, taking its first token and
-    /// keeping the rest ahead.
-    fn check_draft(&mut self, run: &[u32]) -> Result<(), RuntimeError> {
-        let m = self.model;
-        if run.len() == 1 {
-            return self.append(run);
+        if self.run.len() == 1 {
+            self.append(&[next])?;
+            return Ok(false);
         }
         self.positions.clear();
         let base = self.tokens.len() as i64 + self.rope_delta;
         self.positions
-            .extend((0..run.len() as i64).map(|i| [base + i; 3]));
-        m.text.embed(&m.backend, &mut self.state, run)?;
-        let (state, positions) = (&mut self.state, &self.positions);
+            .extend((0..self.run.len() as i64).map(|i| [base + i; 3]));
         let ran = m
-            .backend
-            .scope(|| m.text.forward_all(&m.backend, state, positions));
+            .text
+            .embed(&m.backend, &mut self.state, &self.run)
+            .and_then(|()| {
+                let (state, positions) = (&mut self.state, &self.positions);
+                m.backend
+                    .scope(|| m.text.forward_all(&m.backend, state, positions))
+            });
         if let Err(e) = ran {
-            self.state.len = self.tokens.len();
+            self.drop_ahead();
             return Err(e.into());
         }
-        self.tokens.push(run[0]);
-        self.ahead.extend(&run[1..]);
-        self.ahead_row = 1;
+        self.tokens.push(next);
+        self.taken = 1;
         if let Some(all) = &self.state.all_logits {
             m.backend.read(all, 0, &mut self.logits);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Forgets the drafted tokens not taken: their keys and values are past the context's end.
     fn drop_ahead(&mut self) {
-        self.ahead.clear();
+        self.run.clear();
+        self.taken = 0;
         self.state.len = self.tokens.len();
     }
 

@@ -161,17 +161,29 @@ macro_rules! without_and_with_gfni {
 /// Zen 4 core).
 macro_rules! q4_k_kernel {
     ($name:ident, $pair:ident, $features:literal, $gfni:literal) => {
+        one_and_two_row_kernels!($name, $pair, $features, $gfni, q4_k_parts, q4_k_apply, 144);
+    };
+}
+
+/// A k-quant kernel (`$name`) and its two-row form (`$pair`) from the kernel's parts macro and
+/// apply macro ([`q4_k_parts`] and [`q4_k_apply`], or Q6_K's), over blocks of `$wb` bytes. The
+/// parts' `head` gives (what `scales` spreads, and the two block values `apply` takes).
+///
+/// In the one-row kernel each half's values and scales are made where they are used, as in the
+/// kernel before the two-row form: made for both halves first, the Q4_K loop ran 3-25% slower.
+/// The two-row kernel makes them once and reads them from registers for both rows.
+macro_rules! one_and_two_row_kernels {
+    ($name:ident, $pair:ident, $features:literal, $gfni:literal, $parts:ident, $apply:ident,
+     $wb:literal) => {
         #[target_feature(enable = $features)]
         unsafe fn $name(w: &[u8], row_bytes: usize, a: &[u8], out: &mut [f32]) {
-            q4_k_parts!($gfni, zero, head, nibbles, scales, finish);
+            $parts!($gfni, zero, head, values, scales, finish);
             let init = (_mm512_setzero_ps(), _mm256_setzero_ps());
-            // Each half's nibbles and scales made where they are used, as in the kernel before
-            // the two-row form: made for both halves first, this loop ran 3-25% slower.
             let step = |x: &[u8], y: &[u8], st| {
-                let (sc8, dd, m16) = head(x);
-                q4_k_apply!(zero, y, st, dd, m16, |h| nibbles(x, h), |h| scales(sc8, h))
+                let (sc, p, q) = head(x);
+                $apply!(zero, y, st, p, q, |h| values(x, h), |h| scales(sc, h))
             };
-            rows_of_blocks(w, row_bytes, a, 144, out, init, step, finish);
+            rows_of_blocks(w, row_bytes, a, $wb, out, init, step, finish);
         }
 
         /// The kernel above for two activation rows at once, which unpacks each weight block
@@ -183,22 +195,22 @@ macro_rules! q4_k_kernel {
             [a0, a1]: [&[u8]; 2],
             [out0, out1]: [&mut [f32]; 2],
         ) {
-            q4_k_parts!($gfni, zero, head, nibbles, scales, finish);
+            $parts!($gfni, zero, head, values, scales, finish);
             let init = (_mm512_setzero_ps(), _mm256_setzero_ps());
             let step = |x: &[u8], [y0, y1]: [&[u8]; 2], [s0, s1]: [_; 2]| {
-                let (sc8, dd, m16) = head(x);
-                let nib = [nibbles(x, 0), nibbles(x, 1)];
-                let sc = [scales(sc8, 0), scales(sc8, 1)];
+                let (sc, p, q) = head(x);
+                let v = [values(x, 0), values(x, 1)];
+                let sc = [scales(sc, 0), scales(sc, 1)];
                 [
-                    q4_k_apply!(zero, y0, s0, dd, m16, |h| nib[h], |h| sc[h]),
-                    q4_k_apply!(zero, y1, s1, dd, m16, |h| nib[h], |h| sc[h]),
+                    $apply!(zero, y0, s0, p, q, |h| v[h], |h| sc[h]),
+                    $apply!(zero, y1, s1, p, q, |h| v[h], |h| sc[h]),
                 ]
             };
             pair_rows_of_blocks(
                 w,
                 row_bytes,
                 [a0, a1],
-                144,
+                $wb,
                 [out0, out1],
                 init,
                 step,
@@ -253,7 +265,7 @@ macro_rules! q4_k_apply {
 /// The parts of the Q4_K kernels, named by the caller: `zero`; `head` reads a weight block's scales
 /// (all eight in each 64-bit lane), d and dmin (lanes 0 and 1) and mins (each doubled into both
 /// i16 halves of its i32 lane, so one madd multiplies the two 16-value sums of its sub-block and
-/// adds them); `nibbles` unpacks one half of its values and `scales` spreads that half's scales;
+/// adds them); `values` unpacks the nibbles of one half and `scales` spreads that half's scales;
 /// `finish` sums a state. [`q4_k_apply`] folds a block's dot with one activation block into a
 /// state.
 macro_rules! q4_k_parts {
@@ -320,48 +332,7 @@ without_and_with_gfni!(q4_k_kernel, q4_k, q4_k_pair; q4_k_gfni, q4_k_gfni_pair);
 /// per-half shifts and a mask.
 macro_rules! q6_k_kernel {
     ($name:ident, $pair:ident, $features:literal, $gfni:literal) => {
-        #[target_feature(enable = $features)]
-        unsafe fn $name(w: &[u8], row_bytes: usize, a: &[u8], out: &mut [f32]) {
-            q6_k_parts!($gfni, zero, head, values, scales, finish);
-            let init = (_mm512_setzero_ps(), _mm256_setzero_ps());
-            let step = |x: &[u8], y: &[u8], st| {
-                let (d, s16) = head(x);
-                q6_k_apply!(zero, y, st, d, s16, |h| values(x, h), |h| scales(s16, h))
-            };
-            rows_of_blocks(w, row_bytes, a, 210, out, init, step, finish);
-        }
-
-        /// The kernel above for two activation rows at once, which unpacks each weight block
-        /// once for both: `out0` against `a0`, `out1` against `a1`.
-        #[target_feature(enable = $features)]
-        unsafe fn $pair(
-            w: &[u8],
-            row_bytes: usize,
-            [a0, a1]: [&[u8]; 2],
-            [out0, out1]: [&mut [f32]; 2],
-        ) {
-            q6_k_parts!($gfni, zero, head, values, scales, finish);
-            let init = (_mm512_setzero_ps(), _mm256_setzero_ps());
-            let step = |x: &[u8], [y0, y1]: [&[u8]; 2], [s0, s1]: [_; 2]| {
-                let (d, s16) = head(x);
-                let q = [values(x, 0), values(x, 1)];
-                let sc = [scales(s16, 0), scales(s16, 1)];
-                [
-                    q6_k_apply!(zero, y0, s0, d, s16, |h| q[h], |h| sc[h]),
-                    q6_k_apply!(zero, y1, s1, d, s16, |h| q[h], |h| sc[h]),
-                ]
-            };
-            pair_rows_of_blocks(
-                w,
-                row_bytes,
-                [a0, a1],
-                210,
-                [out0, out1],
-                init,
-                step,
-                finish,
-            );
-        }
+        one_and_two_row_kernels!($name, $pair, $features, $gfni, q6_k_parts, q6_k_apply, 210);
     };
 }
 
@@ -404,7 +375,8 @@ macro_rules! q6_k_apply {
 }
 
 /// The parts of the Q6_K kernels, named by the caller: `zero`; `head` reads a weight block's
-/// scale `d` and its sixteen scales widened to i16; `values` makes the 6-bit values of one half
+/// sixteen scales widened to i16 (for `scales`), then its scale `d` and the same scales (for
+/// [`q6_k_apply`]); `values` makes the 6-bit values of one half
 /// (two vectors of 64) and `scales` spreads that half's scales; `finish` sums a state.
 /// [`q6_k_apply`] folds a block's dot with one activation block into a state.
 macro_rules! q6_k_parts {
@@ -432,14 +404,14 @@ macro_rules! q6_k_parts {
         let pick: [__m512i; 2] =
             std::array::from_fn(|h| i16_indices(|i| 8 * h + (i % 8 / 4) * 4 + i / 8));
         let $zero = _mm512_setzero_si512();
-        let $head = |x: &[u8]| -> (f32, __m256i) {
+        let $head = |x: &[u8]| -> (__m256i, f32, __m256i) {
             prefetch_ahead::<4>(x);
             let sc = &x[192..208];
             // SAFETY: `sc` is a bounds-checked slice of the 16 bytes loaded, and `f16_at` reads
             // the two bytes of a bounds-checked slice.
             unsafe {
                 let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i));
-                (f16_at(&x[208..]), s16)
+                (s16, f16_at(&x[208..]), s16)
             }
         };
         let $values = |x: &[u8], h: usize| -> [__m512i; 2] {
