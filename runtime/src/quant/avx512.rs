@@ -253,7 +253,12 @@ macro_rules! q4_k_apply {
                     let $h2 = h;
                     $sc
                 };
-                sumi = _mm512_dpwssd_epi32(sumi, packed, sc);
+                // The first half's products start the sum: a `vpdpwssd` onto zero became a
+                // `vpmaddwd` and a `vpaddd` of the zero register (LLVM splits the chain).
+                sumi = match h {
+                    0 => _mm512_madd_epi16(packed, sc),
+                    _ => _mm512_dpwssd_epi32(sumi, packed, sc),
+                };
             }
             let d = _mm512_broadcastss_ps(dd);
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
@@ -366,7 +371,10 @@ macro_rules! q6_k_apply {
                     let $h2 = h;
                     $sc
                 };
-                sumi = _mm512_dpwssd_epi32(sumi, packed, sv);
+                sumi = match h {
+                    0 => _mm512_madd_epi16(packed, sv),
+                    _ => _mm512_dpwssd_epi32(sumi, packed, sv),
+                };
             }
             acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
         }
