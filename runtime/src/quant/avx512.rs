@@ -151,10 +151,11 @@ macro_rules! without_and_with_gfni {
 /// sub-blocks) and their high nibbles (the two between) are each one or two instructions away from
 /// `vpdpbusd` against one contiguous load of activations. `vpdpbusd` sums the products four at a
 /// time, so each i32 lane stays inside one sub-block and small enough (|4·15·128| < 2¹⁵) for
-/// `vpackssdw` to pack two vectors into one of i16, and one `vpdpwssd` per pair applies the four
-/// sub-block scales. `llvm-mca -mcpu=znver4` puts it at 13.7 cycles per block, where the first
-/// AVX-512 kernel (a `maddubs` and a scale shuffle per 64 values, the nibbles side by side from
-/// a broadcast load of 32 bytes against the activations as they are) took 19.2.
+/// `vpackssdw` to pack two vectors into one of i16, and one `vpmaddwd` (first pair) or `vpdpwssd`
+/// per pair applies the four sub-block scales. `llvm-mca -mcpu=znver4` put it at 13.7 cycles per
+/// block (12.5 since the `vpmaddwd` start), where the first AVX-512 kernel (a `maddubs` and a
+/// scale shuffle per 64 values, the nibbles side by side from a broadcast load of 32 bytes against
+/// the activations as they are) took 19.2.
 ///
 /// With GFNI, one bit transform moves each byte's high nibble down where a shift and an AND did:
 /// with the rows in L2, 29.7 against 28.6 GB/s at n = 2048 and 33.8 against 32.5 at n = 11008 (one
@@ -332,9 +333,9 @@ without_and_with_gfni!(q4_k_kernel, q4_k, q4_k_pair; q4_k_gfni, q4_k_gfni_pair);
 /// Σ s_j (q - 32)·y over group j is Σ s_j q·y - 32 Σ s_j bsum_j.
 ///
 /// As in Q4_K, `vpdpbusd` sums four products per i32 lane (|4·63·128| < 2¹⁵, so two vectors pack
-/// into one of i16) and one `vpdpwssd` per pair of vectors applies the scales. The high bit pairs
-/// reach bits 4-5 of each byte with one GFNI bit transform per vector, or without GFNI with
-/// per-half shifts and a mask.
+/// into one of i16) and one `vpmaddwd` or `vpdpwssd` per pair of vectors applies the scales. The
+/// high bit pairs reach bits 4-5 of each byte with one GFNI bit transform per vector, or without
+/// GFNI with per-half shifts and a mask.
 macro_rules! q6_k_kernel {
     ($name:ident, $pair:ident, $features:literal, $gfni:literal) => {
         one_and_two_row_kernels!($name, $pair, $features, $gfni, q6_k_parts, q6_k_apply, 210);
