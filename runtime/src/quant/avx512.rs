@@ -272,8 +272,8 @@ macro_rules! q4_k_apply {
 /// (all eight in each 64-bit lane), d and dmin (lanes 0 and 1) and mins (each doubled into both
 /// i16 halves of its i32 lane, so one madd multiplies the two 16-value sums of its sub-block and
 /// adds them); `values` unpacks the nibbles of one half and `scales` spreads that half's scales;
-/// `finish` makes a state the vector whose lanes sum to the dot. [`q4_k_apply`] folds a block's dot with one activation block into a
-/// state.
+/// `finish` makes a state the vector whose lanes sum to the dot. [`q4_k_apply`] folds a block's
+/// dot with one activation block into a state.
 macro_rules! q4_k_parts {
     ($gfni:literal, $zero:ident, $head:ident, $nibbles:ident, $scales:ident, $finish:ident) => {
         let low = _mm512_set1_epi8(0x0f);
