@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 // Version of this C ABI; bumped on any incompatible change of the header.
-#define ANATOMY_ABI_VERSION 1
+#define ANATOMY_ABI_VERSION 2
 
 // What every call returns.
 typedef enum {
@@ -105,6 +105,12 @@ typedef struct {
   // 1 is off.
   float repetition_penalty;
   uint64_t seed;
+  // Prompt-lookup decoding: at most this many tokens per step drafted from what followed an
+  // earlier match of the context's last tokens, and checked in the same forward pass as the
+  // chosen token. A drafted token is kept only when it is the one chosen from the true
+  // logits, so the answer is the same as with 0 (off), bit for bit; a reasoning answer that
+  // repeats the question's words decodes in fewer passes.
+  uint32_t lookup;
 } AnatomyGenParams;
 
 // An image in memory; only read during the call.
@@ -134,6 +140,9 @@ typedef struct {
   uint64_t prefill_tokens;
   double decode_ms;
   uint64_t decode_tokens;
+  // Of `decode_tokens`, those whose pass had already run as a drafted token
+  // (`AnatomyGenParams::lookup`).
+  uint64_t lookup_accepted_tokens;
   uint64_t peak_rss_bytes;
   // 1 when the image's encoding came from the session's cache.
   uint8_t image_cached;

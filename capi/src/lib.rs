@@ -21,7 +21,7 @@ use anatomy_runtime::generate::{AskRequest, FinishReason, Flow, ImageInput};
 use anatomy_runtime::{Answer, Model, ModelOptions, RuntimeError, SamplingParams, Session};
 
 /// Version of this C ABI; bumped on any incompatible change of the header.
-pub const ANATOMY_ABI_VERSION: u32 = 1;
+pub const ANATOMY_ABI_VERSION: u32 = 2;
 
 /// What every call returns.
 #[repr(C)]
@@ -99,6 +99,12 @@ pub struct AnatomyGenParams {
     /// 1 is off.
     pub repetition_penalty: f32,
     pub seed: u64,
+    /// Prompt-lookup decoding: at most this many tokens per step drafted from what followed an
+    /// earlier match of the context's last tokens, and checked in the same forward pass as the
+    /// chosen token. A drafted token is kept only when it is the one chosen from the true
+    /// logits, so the answer is the same as with 0 (off), bit for bit; a reasoning answer that
+    /// repeats the question's words decodes in fewer passes.
+    pub lookup: u32,
 }
 
 /// How an image is given.
@@ -137,6 +143,9 @@ pub struct AnatomyTimings {
     pub prefill_tokens: u64,
     pub decode_ms: f64,
     pub decode_tokens: u64,
+    /// Of `decode_tokens`, those whose pass had already run as a drafted token
+    /// (`AnatomyGenParams::lookup`).
+    pub lookup_accepted_tokens: u64,
     pub peak_rss_bytes: u64,
     /// 1 when the image's encoding came from the session's cache.
     pub image_cached: u8,
@@ -393,6 +402,7 @@ pub extern "C" fn anatomy_gen_params_default() -> AnatomyGenParams {
         min_p: s.min_p,
         repetition_penalty: s.repetition_penalty,
         seed: s.seed,
+        lookup: 0,
     }
 }
 
@@ -709,7 +719,7 @@ pub unsafe extern "C" fn anatomy_ask(
             image,
             options: opts,
             max_tokens: p.max_tokens as usize,
-            lookup: 0,
+            lookup: p.lookup as usize,
             sampling: SamplingParams {
                 temperature: p.temperature,
                 top_k: p.top_k as usize,
@@ -905,6 +915,7 @@ pub unsafe extern "C" fn anatomy_result_timings(
             prefill_tokens: t.prefill_tokens as u64,
             decode_ms: t.decode_ms,
             decode_tokens: t.decode_tokens as u64,
+            lookup_accepted_tokens: t.lookup_accepted_tokens as u64,
             peak_rss_bytes: t.peak_rss_bytes,
             image_cached: t.image_cached as u8,
         };

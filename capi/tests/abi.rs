@@ -1,7 +1,8 @@
 //! The C ABI exercised through its `extern "C"` functions, as a C caller would: every bad-input
 //! case gives its status code and a message (never a crash), handles are checked (double free,
 //! foreign pointers), callbacks can stop or panic, cancellation works from another thread, and a
-//! real answer on the llama.cpp-converted `square` fixture gives HF's greedy tokens.
+//! real answer on the llama.cpp-converted `square` fixture gives HF's greedy tokens, and prompt-lookup
+//! decoding gives the same answer as plain decoding on the demo model.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::PathBuf;
@@ -474,6 +475,79 @@ fn greedy_answer_matches_hf() {
         assert_eq!(anatomy_session_free(s), AnatomyStatus::Ok);
         assert_eq!(anatomy_model_free(m), AnatomyStatus::Ok);
     }
+}
+
+/// `params.lookup` gives the answer of plain decoding (text, tokens, choice and option
+/// probabilities bit for bit) on the demo model's sample question, and `lookup_accepted_tokens`
+/// says how many decoded tokens came from checked drafts.
+#[test]
+fn lookup_gives_the_same_answer_and_counts_the_drafted_tokens_kept() {
+    let demo = root().join("demo");
+    let lm = cstr(demo.join("anatomy-demo.gguf").to_str().unwrap());
+    let mm = cstr(demo.join("anatomy-demo-mmproj.gguf").to_str().unwrap());
+    let mut m = null_mut();
+    // SAFETY: valid strings, default params (NULL) and out pointer.
+    let st = unsafe { anatomy_model_load(lm.as_ptr(), mm.as_ptr(), null(), &mut m) };
+    assert_eq!(st, AnatomyStatus::Ok, "{}", last_error());
+    let frame = std::fs::read(demo.join("samples/images/000003.png")).unwrap();
+    let q = cstr("What is the top-left anatomy?");
+    let names = "Liver;Gallbladder;Omentum;Abdominal Wall Cavity;Cystic Plate;Gut";
+    let opts: Vec<CString> = names.split(';').map(cstr).collect();
+    let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    let answer = |lookup: u32| {
+        let s = session(m);
+        let mut p = anatomy_gen_params_default();
+        p.lookup = lookup;
+        let mut r = null_mut();
+        // SAFETY: all pointers valid for the call.
+        let st = unsafe {
+            anatomy_ask(
+                s,
+                &encoded(&frame),
+                q.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                &p,
+                None,
+                null_mut(),
+                &mut r,
+            )
+        };
+        assert_eq!(st, AnatomyStatus::Ok, "{}", last_error());
+        let (mut idx, mut letter) = (-1, 0 as c_char);
+        let (mut probs, mut n) = (null(), 0usize);
+        let mut t = AnatomyTimings::default();
+        // SAFETY: live result, valid out pointers; the probabilities live as long as `r`.
+        let probs = unsafe {
+            assert_eq!(
+                anatomy_result_choice(r, &mut idx, &mut letter),
+                AnatomyStatus::Ok
+            );
+            assert_eq!(
+                anatomy_result_option_probs(r, &mut probs, &mut n),
+                AnatomyStatus::Ok
+            );
+            assert_eq!(anatomy_result_timings(r, &mut t), AnatomyStatus::Ok);
+            std::slice::from_raw_parts(probs, n).to_vec()
+        };
+        let out = (text(r), tokens(r), idx, letter, probs, t);
+        free_result(r);
+        // SAFETY: a live session.
+        assert_eq!(unsafe { anatomy_session_free(s) }, AnatomyStatus::Ok);
+        out
+    };
+    let plain = answer(0);
+    let drafted = answer(4);
+    assert_eq!(plain.0, drafted.0, "text");
+    assert_eq!(plain.1, drafted.1, "tokens");
+    assert_eq!((plain.2, plain.3), (drafted.2, drafted.3), "choice");
+    assert_eq!(plain.4, drafted.4, "option probabilities");
+    assert_eq!(plain.4.len(), 6);
+    assert_eq!(plain.5.lookup_accepted_tokens, 0);
+    let (taken, decoded) = (drafted.5.lookup_accepted_tokens, drafted.5.decode_tokens);
+    assert!(taken > 0 && taken <= decoded, "{:?}", drafted.5);
+    // SAFETY: a live model.
+    assert_eq!(unsafe { anatomy_model_free(m) }, AnatomyStatus::Ok);
 }
 
 #[test]
