@@ -46,6 +46,7 @@ pub(crate) fn pair_kernel(ty: super::GgmlType) -> Option<super::PairKernel> {
         super::GgmlType::Q4_K => Some(q4_k_pair),
         super::GgmlType::Q6_K if gfni() => Some(q6_k_gfni_pair),
         super::GgmlType::Q6_K => Some(q6_k_pair),
+        super::GgmlType::Q8_0 => Some(q8_0_pair),
         _ => None,
     }
 }
@@ -694,28 +695,98 @@ unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
             }
         }
     }
-    let (wp, ap) = (wr.chunks_exact(68), ar.chunks_exact(68));
-    let (wr, ar) = (wp.remainder(), ap.remainder());
-    for (x, y) in wp.zip(ap) {
-        let d0 = f16_at(x) * f16_at(y);
-        let d1 = f16_at(&x[34..]) * f16_at(&y[34..]);
-        let d = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
-        acc = _mm512_fmadd_ps(d, pair(x, y, zero), acc);
+    q8_0_tail(wr, ar, acc)
+}
+
+/// The end of [`q8_0`]'s sum: the blocks after its last step of sixteen (`wr` and `ar`), two at a
+/// time and then one, added to `acc`, whose lanes it sums. Always inlined (a call per row cost
+/// the one-row kernel), so it takes no target features of its own: the kernels that inline it
+/// run on AVX-512 CPUs only.
+#[inline(always)]
+fn q8_0_tail(wr: &[u8], ar: &[u8], mut acc: __m512) -> f32 {
+    // SAFETY: the callers run on CPUs with the features of `q8_0`; `pair` reads 68-byte slices.
+    unsafe {
+        let zero = _mm512_setzero_si512();
+        let (wp, ap) = (wr.chunks_exact(68), ar.chunks_exact(68));
+        let (wr, ar) = (wp.remainder(), ap.remainder());
+        for (x, y) in wp.zip(ap) {
+            let d0 = f16_at(x) * f16_at(y);
+            let d1 = f16_at(&x[34..]) * f16_at(&y[34..]);
+            let d = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+            acc = _mm512_fmadd_ps(d, pair(x, y, zero), acc);
+        }
+        let mut sum = _mm512_reduce_add_ps(acc);
+        if wr.len() >= 34 && ar.len() >= 34 {
+            let d = f16_at(wr) * f16_at(ar);
+            let s: i32 = wr[2..34]
+                .iter()
+                .zip(&ar[2..34])
+                .map(|(&p, &q)| p as i8 as i32 * q as i8 as i32)
+                .sum();
+            sum += d * s as f32;
+        }
+        sum
     }
-    let mut sum = _mm512_reduce_add_ps(acc);
-    if wr.len() >= 34 && ar.len() >= 34 {
-        let d = f16_at(wr) * f16_at(ar);
-        let s: i32 = wr[2..34]
-            .iter()
-            .zip(&ar[2..34])
-            .map(|(&p, &q)| p as i8 as i32 * q as i8 as i32)
-            .sum();
-        sum += d * s as f32;
-    }
-    sum
 }
 
 over_rows!(q8_0_rows, q8_0, "avx512f,avx512bw,avx512vnni,avx2,fma,f16c");
+
+/// [`q8_0`] for two activation rows at once (`out0` against `a0`, `out1` against `a1`): each
+/// weight block is read, its signs and absolute values taken and its scale widened once for both
+/// rows. Each row's sum is made in the order [`q8_0`] makes it, so each equals its one-row result
+/// bit for bit. Without it a pass of two rows (a prompt-lookup draft, a two-token prompt) ran the
+/// one-row kernel twice over each piece of rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q8_0_pair(
+    w: &[u8],
+    row_bytes: usize,
+    [a0, a1]: [&[u8]; 2],
+    [out0, out1]: [&mut [f32]; 2],
+) {
+    const STEP: usize = 16 * 34;
+    let zero = _mm512_setzero_si512();
+    let pick: [__m512i; 8] = std::array::from_fn(|p| {
+        _mm512_mask_blend_epi32(
+            0xff00,
+            _mm512_set1_epi32(2 * p as i32),
+            _mm512_set1_epi32(2 * p as i32 + 1),
+        )
+    });
+    let rows = w
+        .chunks_exact(row_bytes)
+        .zip(out0.iter_mut().zip(out1.iter_mut()));
+    for (w, (o0, o1)) in rows {
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let (ws, b0, b1) = (
+            w.chunks_exact(STEP),
+            a0.chunks_exact(STEP),
+            a1.chunks_exact(STEP),
+        );
+        let (wr, r0, r1) = (ws.remainder(), b0.remainder(), b1.remainder());
+        for ((x, y0), y1) in ws.zip(b0).zip(b1) {
+            prefetch_ahead::<9>(x);
+            // SAFETY: the loads are of the 32-byte arrays just filled, and `pair_two` reads
+            // bounds-checked slices on this function's features.
+            unsafe {
+                let scales = |b: &[u8]| {
+                    let h = q8_0_scales::<16>(b);
+                    _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i))
+                };
+                let dx = scales(x);
+                let (d0, d1) = (_mm512_mul_ps(dx, scales(y0)), _mm512_mul_ps(dx, scales(y1)));
+                for (p, pick) in pick.iter().enumerate() {
+                    let x = &x[68 * p..68 * p + 68];
+                    let (y0, y1) = (&y0[68 * p..68 * p + 68], &y1[68 * p..68 * p + 68]);
+                    let (t0, t1) = pair_two(x, [y0, y1], zero);
+                    acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d0), t0, acc0);
+                    acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d1), t1, acc1);
+                }
+            }
+        }
+        *o0 = q8_0_tail(wr, r0, acc0);
+        *o1 = q8_0_tail(wr, r1, acc1);
+    }
+}
 
 /// The integer dots of two Q8_0 blocks (`x`, `y`: 68 bytes each) as floats: lanes 0..8 the
 /// first block's partial sums, 8..16 the second's. Each half is a broadcast load and a masked one,
@@ -723,20 +794,53 @@ over_rows!(q8_0_rows, q8_0, "avx512f,avx512bw,avx512vnni,avx2,fma,f16c");
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[inline]
 unsafe fn pair(x: &[u8], y: &[u8], zero: __m512i) -> __m512 {
-    let (x0, x1, y0, y1) = (&x[2..34], &x[36..68], &y[2..34], &y[36..68]);
-    // SAFETY: four 32-byte loads of bounds-checked 32-byte slices.
+    let xx = two_blocks(x);
+    signed_dot(
+        _mm512_abs_epi8(xx),
+        _mm512_movepi8_mask(xx),
+        two_blocks(y),
+        zero,
+    )
+}
+
+/// [`pair`] of the same two weight blocks `x` against two activation rows' blocks, the weights'
+/// absolute values and signs taken once.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+#[inline]
+unsafe fn pair_two(x: &[u8], [y0, y1]: [&[u8]; 2], zero: __m512i) -> (__m512, __m512) {
+    let xx = two_blocks(x);
+    let (ax, neg) = (_mm512_abs_epi8(xx), _mm512_movepi8_mask(xx));
+    (
+        signed_dot(ax, neg, two_blocks(y0), zero),
+        signed_dot(ax, neg, two_blocks(y1), zero),
+    )
+}
+
+/// The 32 values of each of two Q8_0 blocks (68 bytes): the first block's in the low half, the
+/// second's in the high half, each from a broadcast load and a masked one, which need no shuffle
+/// port.
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+#[inline]
+fn two_blocks(b: &[u8]) -> __m512i {
+    let (lo, hi) = (&b[2..34], &b[36..68]);
+    // SAFETY: two 32-byte loads of bounds-checked 32-byte slices.
     unsafe {
-        let load = |lo: &[u8], hi: &[u8]| {
-            _mm512_mask_broadcast_i64x4(
-                _mm512_broadcast_i64x4(_mm256_loadu_si256(lo.as_ptr() as *const __m256i)),
-                0xf0,
-                _mm256_loadu_si256(hi.as_ptr() as *const __m256i),
-            )
-        };
-        let (xx, yy) = (load(x0, x1), load(y0, y1));
-        let sy = _mm512_mask_sub_epi8(yy, _mm512_movepi8_mask(xx), zero, yy);
-        _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, _mm512_abs_epi8(xx), sy))
+        _mm512_mask_broadcast_i64x4(
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(lo.as_ptr() as *const __m256i)),
+            0xf0,
+            _mm256_loadu_si256(hi.as_ptr() as *const __m256i),
+        )
     }
+}
+
+/// The products of the weights (`ax` their absolute values, `neg` where they are negative) with
+/// the activations `y`, summed four at a time, as floats: `vpdpbusd` multiplies unsigned by signed
+/// bytes, so the weights' signs move onto the activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn signed_dot(ax: __m512i, neg: __mmask64, y: __m512i, zero: __m512i) -> __m512 {
+    let sy = _mm512_mask_sub_epi8(y, neg, zero, y);
+    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, ax, sy))
 }
 
 #[cfg(test)]
@@ -808,7 +912,8 @@ mod tests {
     /// Each kernel, with and without GFNI where the CPU has it, over 37 rows (two batches of
     /// sixteen sums, then five one at a time), and its two-row form on two activation rows, give
     /// each row what the kernel gives that row alone, bit for bit (the dispatch test in
-    /// `tests/quant.rs` only reaches the variant this CPU picks).
+    /// `tests/quant.rs` only reaches the variant this CPU picks); Q8_0 on rows of every length
+    /// from 1 to 35 blocks too, for each of its tails.
     #[test]
     fn many_rows_equal_one_row_at_a_time() {
         use super::super::{PairKernel, RowKernel};
@@ -816,7 +921,9 @@ mod tests {
             eprintln!("no AVX-512 BW/VNNI on this CPU: the kernels are not exercised here");
             return;
         }
-        for (ty, _, w, act, _) in super::super::kernel_cases().take(24) {
+        // Q8_0 rows of every block count up to 35, for each of its kernel's tails.
+        let cases = super::super::kernel_cases().take(24);
+        for (ty, _, w, act, _) in cases.chain(super::super::q8_0_cases(1..36)) {
             let mut kernels: Vec<(RowKernel, PairKernel)> = match ty {
                 GgmlType::Q4_K => vec![
                     (super::q4_k, super::q4_k_pair),
@@ -826,20 +933,28 @@ mod tests {
                     (super::q6_k, super::q6_k_pair),
                     (super::q6_k_gfni, super::q6_k_gfni_pair),
                 ],
-                _ => continue,
+                _ => vec![(super::q8_0_rows, super::q8_0_pair)],
             };
             if !super::gfni() {
                 kernels.truncate(1);
             }
-            let Some((_, Some(lay_out))) = super::detected_kernel(ty) else {
-                panic!("{ty} has an AVX-512 kernel that reads a laid-out row");
+            let Some((_, lay_out)) = super::detected_kernel(ty) else {
+                panic!("{ty} has an AVX-512 kernel");
+            };
+            // The second activation row: each block's values reversed.
+            let (block, values) = match ty {
+                GgmlType::Q8_0 => (34, 2..34),
+                _ => (292, 4..260),
             };
             let mut act1 = act.clone();
-            for b in act1.chunks_exact_mut(292) {
-                b[4..260].reverse();
+            for b in act1.chunks_exact_mut(block) {
+                b[values.clone()].reverse();
             }
             let (mut buf, mut buf1) = (Vec::new(), Vec::new());
-            let (laid, laid1) = (lay_out(&act, &mut buf), lay_out(&act1, &mut buf1));
+            let (laid, laid1) = match lay_out {
+                Some(lay_out) => (lay_out(&act, &mut buf), lay_out(&act1, &mut buf1)),
+                None => (&act[..], &act1[..]),
+            };
             // 37 different rows: the row's blocks rotated by r.
             let bs = ty.type_size();
             let blocks: Vec<&[u8]> = w.chunks_exact(bs).collect();

@@ -35,12 +35,18 @@ const MAX_DOT_ROWS: usize = 48;
 /// scaled by the bits per weight, and by 1.5 where a two-row kernel unpacks each weight block once
 /// for two activation rows (`RowDots::rows_pair`): with it on its Q4_K weights, the Q4_K_M file
 /// on the dots alone ran 41.5-44.3 tok/s at 24-47 rows, decoded 33.0 at 32, 37.6 at 40 and 42.2
-/// at 47.
+/// at 47. Q8_0's two-row kernel saves less (its blocks need no unpacking, only their signs taken):
+/// the Q8_0 file on the dots with it ran 22.4-23.9 tok/s at 16-23 rows, decoded 21.3-21.7 at 16,
+/// 23.9-25.4 at 20 and 27.1-27.8 at 23, so it scales by 1.125 (18 rows).
 pub(super) fn gemm_min_rows(ty: GgmlType) -> usize {
     if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         return 16;
     }
-    let pairs = if pairs_in_one_pass(ty) { 1.5 } else { 1.0 };
+    let pairs = match ty {
+        _ if !pairs_in_one_pass(ty) => 1.0,
+        GgmlType::Q8_0 => 1.125,
+        _ => 1.5,
+    };
     ((16.0 * 8.5 * pairs / ty.bits_per_weight()).round() as usize).clamp(16, MAX_DOT_ROWS)
 }
 
