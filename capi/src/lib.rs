@@ -103,7 +103,9 @@ pub struct AnatomyGenParams {
     /// earlier match of the context's last tokens, and checked in the same forward pass as the
     /// chosen token. A drafted token is kept only when it is the one chosen from the true
     /// logits, so the answer is the same as with 0 (off), bit for bit; a reasoning answer that
-    /// repeats the question's words decodes in fewer passes.
+    /// repeats the question's words decodes in fewer passes. It pays where a pass of two tokens
+    /// costs little more than one, as in memory-bound decoding of a real checkpoint (1 is the
+    /// setting on a 2-core CPU; see the README), not on a model small enough to stay in cache.
     pub lookup: u32,
 }
 
