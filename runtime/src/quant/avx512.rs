@@ -667,27 +667,15 @@ fn i16_indices(f: impl Fn(usize) -> usize) -> __m512i {
 unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
     const STEP: usize = 16 * 34;
     let zero = _mm512_setzero_si512();
-    // Lanes 0..8 take block 2p's scale, lanes 8..16 block 2p + 1's.
-    let pick: [__m512i; 8] = std::array::from_fn(|p| {
-        _mm512_mask_blend_epi32(
-            0xff00,
-            _mm512_set1_epi32(2 * p as i32),
-            _mm512_set1_epi32(2 * p as i32 + 1),
-        )
-    });
+    let pick = q8_0_picks();
     let mut acc = _mm512_setzero_ps();
     let (ws, as_) = (w.chunks_exact(STEP), a.chunks_exact(STEP));
     let (wr, ar) = (ws.remainder(), as_.remainder());
     for (x, y) in ws.zip(as_) {
         prefetch_ahead::<9>(x);
-        // SAFETY: the loads are of the 32-byte arrays just filled and of bounds-checked 32-byte
-        // slices.
+        // SAFETY: `pair` reads bounds-checked slices on this function's features.
         unsafe {
-            let scales = |b: &[u8]| {
-                let h = q8_0_scales::<16>(b);
-                _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i))
-            };
-            let d = _mm512_mul_ps(scales(x), scales(y));
+            let d = _mm512_mul_ps(q8_0_scales16(x), q8_0_scales16(y));
             for (p, pick) in pick.iter().enumerate() {
                 let (x, y) = (&x[68 * p..68 * p + 68], &y[68 * p..68 * p + 68]);
                 let dot = pair(x, y, zero);
@@ -696,6 +684,29 @@ unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
         }
     }
     q8_0_tail(wr, ar, acc)
+}
+
+/// The index vectors that give each pair of blocks `2p`, `2p + 1` its two scales from a vector of
+/// sixteen: lanes 0..8 block `2p`'s, lanes 8..16 block `2p + 1`'s.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn q8_0_picks() -> [__m512i; 8] {
+    std::array::from_fn(|p| {
+        _mm512_mask_blend_epi32(
+            0xff00,
+            _mm512_set1_epi32(2 * p as i32),
+            _mm512_set1_epi32(2 * p as i32 + 1),
+        )
+    })
+}
+
+/// The f16 scales of the sixteen Q8_0 blocks at the start of `b` (544 bytes), as floats.
+#[target_feature(enable = "avx512f,f16c")]
+#[inline]
+fn q8_0_scales16(b: &[u8]) -> __m512 {
+    let h = q8_0_scales::<16>(b);
+    // SAFETY: a 32-byte load of the 16 u16 just written.
+    unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i)) }
 }
 
 /// The end of [`q8_0`]'s sum: the blocks after its last step of sixteen (`wr` and `ar`), two at a
@@ -745,13 +756,7 @@ unsafe fn q8_0_pair(
 ) {
     const STEP: usize = 16 * 34;
     let zero = _mm512_setzero_si512();
-    let pick: [__m512i; 8] = std::array::from_fn(|p| {
-        _mm512_mask_blend_epi32(
-            0xff00,
-            _mm512_set1_epi32(2 * p as i32),
-            _mm512_set1_epi32(2 * p as i32 + 1),
-        )
-    });
+    let pick = q8_0_picks();
     let rows = w
         .chunks_exact(row_bytes)
         .zip(out0.iter_mut().zip(out1.iter_mut()));
@@ -765,15 +770,13 @@ unsafe fn q8_0_pair(
         let (wr, r0, r1) = (ws.remainder(), b0.remainder(), b1.remainder());
         for ((x, y0), y1) in ws.zip(b0).zip(b1) {
             prefetch_ahead::<9>(x);
-            // SAFETY: the loads are of the 32-byte arrays just filled, and `pair_two` reads
-            // bounds-checked slices on this function's features.
+            // SAFETY: `pair_two` reads bounds-checked slices on this function's features.
             unsafe {
-                let scales = |b: &[u8]| {
-                    let h = q8_0_scales::<16>(b);
-                    _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i))
-                };
-                let dx = scales(x);
-                let (d0, d1) = (_mm512_mul_ps(dx, scales(y0)), _mm512_mul_ps(dx, scales(y1)));
+                let dx = q8_0_scales16(x);
+                let (d0, d1) = (
+                    _mm512_mul_ps(dx, q8_0_scales16(y0)),
+                    _mm512_mul_ps(dx, q8_0_scales16(y1)),
+                );
                 for (p, pick) in pick.iter().enumerate() {
                     let x = &x[68 * p..68 * p + 68];
                     let (y0, y1) = (&y0[68 * p..68 * p + 68], &y1[68 * p..68 * p + 68]);
