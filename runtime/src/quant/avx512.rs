@@ -490,7 +490,7 @@ fn rows_of_blocks<S: Copy>(
     finish: impl Fn(S) -> __m512,
 ) {
     let mut sums = Sums::new();
-    let rows = w.chunks_exact(rb).zip(out.iter_mut()).count();
+    let rows = w.chunks_exact(rb).len().min(out.len());
     for (r, row) in w.chunks_exact(rb).take(rows).enumerate() {
         let mut st = init;
         let mut done = 0;
@@ -673,14 +673,11 @@ unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
     let (wr, ar) = (ws.remainder(), as_.remainder());
     for (x, y) in ws.zip(as_) {
         prefetch_ahead::<9>(x);
-        // SAFETY: `pair` reads bounds-checked slices on this function's features.
-        unsafe {
-            let d = _mm512_mul_ps(q8_0_scales16(x), q8_0_scales16(y));
-            for (p, pick) in pick.iter().enumerate() {
-                let (x, y) = (&x[68 * p..68 * p + 68], &y[68 * p..68 * p + 68]);
-                let dot = pair(x, y, zero);
-                acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d), dot, acc);
-            }
+        let d = _mm512_mul_ps(q8_0_scales16(x), q8_0_scales16(y));
+        for (p, pick) in pick.iter().enumerate() {
+            let (x, y) = (&x[68 * p..68 * p + 68], &y[68 * p..68 * p + 68]);
+            let dot = pair(x, y, zero);
+            acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d), dot, acc);
         }
     }
     q8_0_tail(wr, ar, acc)
@@ -770,20 +767,17 @@ unsafe fn q8_0_pair(
         let (wr, r0, r1) = (ws.remainder(), b0.remainder(), b1.remainder());
         for ((x, y0), y1) in ws.zip(b0).zip(b1) {
             prefetch_ahead::<9>(x);
-            // SAFETY: `pair_two` reads bounds-checked slices on this function's features.
-            unsafe {
-                let dx = q8_0_scales16(x);
-                let (d0, d1) = (
-                    _mm512_mul_ps(dx, q8_0_scales16(y0)),
-                    _mm512_mul_ps(dx, q8_0_scales16(y1)),
-                );
-                for (p, pick) in pick.iter().enumerate() {
-                    let x = &x[68 * p..68 * p + 68];
-                    let (y0, y1) = (&y0[68 * p..68 * p + 68], &y1[68 * p..68 * p + 68]);
-                    let (t0, t1) = pair_two(x, [y0, y1], zero);
-                    acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d0), t0, acc0);
-                    acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d1), t1, acc1);
-                }
+            let dx = q8_0_scales16(x);
+            let (d0, d1) = (
+                _mm512_mul_ps(dx, q8_0_scales16(y0)),
+                _mm512_mul_ps(dx, q8_0_scales16(y1)),
+            );
+            for (p, pick) in pick.iter().enumerate() {
+                let x = &x[68 * p..68 * p + 68];
+                let (y0, y1) = (&y0[68 * p..68 * p + 68], &y1[68 * p..68 * p + 68]);
+                let (t0, t1) = pair_two(x, [y0, y1], zero);
+                acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d0), t0, acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d1), t1, acc1);
             }
         }
         *o0 = q8_0_tail(wr, r0, acc0);
@@ -792,11 +786,10 @@ unsafe fn q8_0_pair(
 }
 
 /// The integer dots of two Q8_0 blocks (`x`, `y`: 68 bytes each) as floats: lanes 0..8 the
-/// first block's partial sums, 8..16 the second's. Each half is a broadcast load and a masked one,
-/// which need no shuffle port.
+/// first block's partial sums, 8..16 the second's.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[inline]
-unsafe fn pair(x: &[u8], y: &[u8], zero: __m512i) -> __m512 {
+fn pair(x: &[u8], y: &[u8], zero: __m512i) -> __m512 {
     let xx = two_blocks(x);
     signed_dot(
         _mm512_abs_epi8(xx),
@@ -810,7 +803,7 @@ unsafe fn pair(x: &[u8], y: &[u8], zero: __m512i) -> __m512 {
 /// absolute values and signs taken once.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[inline]
-unsafe fn pair_two(x: &[u8], [y0, y1]: [&[u8]; 2], zero: __m512i) -> (__m512, __m512) {
+fn pair_two(x: &[u8], [y0, y1]: [&[u8]; 2], zero: __m512i) -> (__m512, __m512) {
     let xx = two_blocks(x);
     let (ax, neg) = (_mm512_abs_epi8(xx), _mm512_movepi8_mask(xx));
     (
@@ -924,7 +917,6 @@ mod tests {
             eprintln!("no AVX-512 BW/VNNI on this CPU: the kernels are not exercised here");
             return;
         }
-        // Q8_0 rows of every block count up to 35, for each of its kernel's tails.
         let cases = super::super::kernel_cases().take(24);
         for (ty, _, w, act, _) in cases.chain(super::super::q8_0_cases(1..36)) {
             let mut kernels: Vec<(RowKernel, PairKernel)> = match ty {
