@@ -11,7 +11,8 @@ use crate::backend::{AttnShape, Backend, BackendError, Mask, WorkspaceSpec};
 use crate::gguf::qwen2vl::LmParams;
 
 /// Most rows [`TextModel::forward_all`] takes: below every weight type's switch to the many-row
-/// kernels (16 rows at least), so that its rows' logits equal one-token forwards'.
+/// kernels (10 rows at least; a test in `backend::cpu` checks it), so that its rows' logits equal
+/// one-token forwards'.
 pub const ALL_LOGITS_ROWS: usize = 9;
 
 pub struct TextModel<B: Backend> {

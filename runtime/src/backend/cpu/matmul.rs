@@ -38,9 +38,19 @@ const MAX_DOT_ROWS: usize = 48;
 /// at 47. Q8_0's two-row kernel saves less (its blocks need no unpacking, only their signs taken):
 /// the Q8_0 file on the dots with it ran 22.4-23.9 tok/s at 16-23 rows, decoded 21.3-21.7 at 16,
 /// 23.9-25.4 at 20 and 27.1-27.8 at 23, so it scales by 1.125 (18 rows).
-pub(super) fn gemm_min_rows(ty: GgmlType) -> usize {
+///
+/// The int8 kernel (`kernel`) moves Q8_0's switch lower: it interleaves a decoded panel's rows in
+/// registers, and a Q8_0 block's decode is little more than that move. The Q8_0 file, 2 threads,
+/// Zen 4 VM, 2026-12-05 night: on the dots 23.1-23.9 tok/s at 10-16 rows, decoded 23.4-24.2 at 10,
+/// 28.2-28.5 at 12, 29.6-30.0 at 14 and 29.3-33.7 at 16; so [`INT8_Q8_0_MIN_ROWS`]. The Q4_K_M
+/// file's rates at 20-40 rows did not tell its Q4_K and Q6_K switches of 45 and 31 from 26 and 17
+/// (within the VM's noise), so those keep the rule above.
+pub(super) fn gemm_min_rows(ty: GgmlType, kernel: ManyRows) -> usize {
     if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         return 16;
+    }
+    if ty == GgmlType::Q8_0 && matches!(kernel, ManyRows::Int8) {
+        return INT8_Q8_0_MIN_ROWS;
     }
     let pairs = match ty {
         _ if !pairs_in_one_pass(ty) => 1.0,
@@ -49,6 +59,11 @@ pub(super) fn gemm_min_rows(ty: GgmlType) -> usize {
     };
     ((16.0 * 8.5 * pairs / ty.bits_per_weight()).round() as usize).clamp(16, MAX_DOT_ROWS)
 }
+
+/// [`gemm_min_rows`] of Q8_0 weights on the int8 kernel: the lowest switch of any type, above the
+/// rows of a prompt-lookup pass (`model::text::ALL_LOGITS_ROWS`), which must take the one-row
+/// kernels.
+pub(super) const INT8_Q8_0_MIN_ROWS: usize = 10;
 
 /// Activation rows the workspace keeps laid out at once: every row of a few-row product, and at
 /// least one per matrix of a fused one-row product.
@@ -83,7 +98,7 @@ pub(super) fn matmul(
         source,
     };
     let rb = w.row_bytes;
-    if n >= gemm_min_rows(w.ty) {
+    if n >= gemm_min_rows(w.ty, kernel) {
         let decode =
             |j: usize, dst: &mut [f32]| dequantize_row(w.ty, &wb[j * rb..(j + 1) * rb], dst);
         let t = &mut ws.transposed[..m * n];

@@ -267,10 +267,10 @@ fn matmul_one_and_many_rows_agree_with_dequantized_weights() {
     ];
     let f = matrix_file(dir.path(), &w, rows, cols, &types);
     let b = CpuBackend::new(Some(2)).unwrap();
-    // Five rows, and the most that still take the quantized dot for the type (each row laid out
-    // once; 29 for Q4_K).
+    // Five rows, and the most that still take the quantized dot for the type and this CPU's
+    // many-row kernel (each row laid out once; 44 for Q4_K on AVX-512).
     for t in types {
-        for n in [5, super::matmul::gemm_min_rows(t) - 1] {
+        for n in [5, super::matmul::gemm_min_rows(t, b.many_rows(t)) - 1] {
             let x = rand_vec(n * cols, 8);
             let mut ws = b.workspace(WorkspaceSpec {
                 rows: n,
@@ -392,4 +392,29 @@ fn norms_rotary_and_activations() {
     b.swiglu(&mut s, &CpuBuffer(vec![1.0, 2.0]), 2);
     assert!((s.0[0] - 2.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
     assert_eq!(b.argmax(&CpuBuffer(vec![1.0, 3.0, 3.0]), 0, 3), 1);
+}
+
+/// A prompt-lookup pass (`TextModel::forward_all`, at most `ALL_LOGITS_ROWS` rows) must run every
+/// row on the kernels of a one-token step, so every type's switch to the many-row kernels lies
+/// above it, on every kernel.
+#[test]
+fn every_switch_to_the_many_row_kernels_is_above_a_lookup_pass() {
+    use super::matmul::gemm_min_rows;
+    let rows = crate::model::text::ALL_LOGITS_ROWS;
+    let kernels = [ManyRows::F32, ManyRows::Int8]
+        .into_iter()
+        .chain(amx::avx512_bf16().map(ManyRows::Bf16));
+    for kernel in kernels {
+        for t in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            assert!(gemm_min_rows(t, kernel) > rows, "{t}");
+        }
+    }
 }
