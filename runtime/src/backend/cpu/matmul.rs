@@ -41,10 +41,10 @@ const MAX_DOT_ROWS: usize = 48;
 ///
 /// The int8 kernel (`kernel`) moves Q8_0's switch lower: it interleaves a decoded panel's rows in
 /// registers, and a Q8_0 block's decode is little more than that move. The Q8_0 file, 2 threads,
-/// Zen 4 VM, 2026-12-05 night: on the dots 23.1-23.9 tok/s at 10-16 rows, decoded 23.4-24.2 at 10,
-/// 28.2-28.5 at 12, 29.6-30.0 at 14 and 29.3-33.7 at 16; so [`INT8_Q8_0_MIN_ROWS`]. The Q4_K_M
-/// file's rates at 20-40 rows did not tell its Q4_K and Q6_K switches of 45 and 31 from 26 and 17
-/// (within the VM's noise), so those keep the rule above.
+/// Zen 4 VM, 2026-12-05 night: on the dots 21.0-23.9 tok/s at 8-20 rows, decoded 19.9-20.1 at 8,
+/// 23.4-23.7 at 10, 24.5-28.5 at 12, 29.6-30.0 at 14 and 29.3-33.7 at 16; so
+/// [`INT8_Q8_0_MIN_ROWS`]. The Q4_K_M file's rates at 20-40 rows did not tell its Q4_K and Q6_K
+/// switches of 45 and 31 from 26 and 17 (within the VM's noise), so those keep the rule above.
 pub(super) fn gemm_min_rows(ty: GgmlType, kernel: ManyRows) -> usize {
     if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         return 16;
