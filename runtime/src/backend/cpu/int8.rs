@@ -79,26 +79,47 @@ pub(super) fn pack_activations(ty: GgmlType, x: &[f32], n: usize, k: usize, acts
             maps.fill(0.0);
             for r in 0..(n - t * NX).min(NX) {
                 let row = &x[(t * NX + r) * k..(t * NX + r + 1) * k];
-                for (b, xb) in row.chunks(block).enumerate() {
-                    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let sa = amax / 127.0;
-                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                    for (gi, xg) in xb.chunks(group).enumerate() {
-                        let p0 = b * block + gi * group;
-                        let mut sum = 0i32;
-                        for (l, &v) in xg.iter().enumerate() {
-                            let q = nearest_int(v * inv).clamp(-127, 127);
-                            sum += q;
-                            let p = p0 + l;
-                            bytes[(p / 4 * NX + r) * 4 + p % 4] = q as i8 as u8;
-                        }
-                        let g = p0 / group;
-                        maps[(g * NX + r) * 2] = sa;
-                        maps[(g * NX + r) * 2 + 1] = sa * sum as f32;
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if available() && group % 16 == 0 && k % block == 0 {
+                    // SAFETY: AVX-512F was detected; `row` holds k values, whole blocks of whole
+                    // groups of 16, and `bytes` / `maps` are one tile's (NX·k and NX·2·k/group).
+                    unsafe { x86::quantize_row(row, block, group, r, bytes, maps) };
+                    continue;
                 }
+                quantize_row(row, block, group, r, bytes, maps);
             }
         });
+}
+
+/// Row `r` of a tile quantized to signed bytes, a scale per `block` values (`amax / 127`), into
+/// the tile's packed bytes (value `p` at `(p / 4 · NX + r) · 4 + p % 4`) and its per-group maps
+/// (the scale and the scale times the group's sum of levels).
+fn quantize_row(
+    row: &[f32],
+    block: usize,
+    group: usize,
+    r: usize,
+    bytes: &mut [u8],
+    maps: &mut [f32],
+) {
+    for (b, xb) in row.chunks(block).enumerate() {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let sa = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (gi, xg) in xb.chunks(group).enumerate() {
+            let p0 = b * block + gi * group;
+            let mut sum = 0i32;
+            for (l, &v) in xg.iter().enumerate() {
+                let q = nearest_int(v * inv).clamp(-127, 127);
+                sum += q;
+                let p = p0 + l;
+                bytes[(p / 4 * NX + r) * 4 + p % 4] = q as i8 as u8;
+            }
+            let g = p0 / group;
+            maps[(g * NX + r) * 2] = sa;
+            maps[(g * NX + r) * 2 + 1] = sa * sum as f32;
+        }
+    }
 }
 
 /// `t` as one `n x pr` block per panel of `pr` weight rows, as `gemm::gemm_panels` writes it
@@ -265,6 +286,57 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Panel, NW, NX};
+
+    /// [`super::quantize_row`] sixteen values at a time: the same levels (`vcvtps2dq` rounds half
+    /// to even, as `nearest_int` does), sums and scales, bit for bit on finite input. `group` is a
+    /// multiple of 16, `block` of `group`, `row.len()` of `block`; `bytes` holds `NX · row.len()`
+    /// values and `maps` `NX · 2 · row.len() / group`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn quantize_row(
+        row: &[f32],
+        block: usize,
+        group: usize,
+        r: usize,
+        bytes: &mut [u8],
+        maps: &mut [f32],
+    ) {
+        let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+        for (b, xb) in row.chunks_exact(block).enumerate() {
+            let mut m = _mm512_setzero_ps();
+            for c in xb.chunks_exact(16) {
+                // SAFETY: a 16-float chunk.
+                m = _mm512_max_ps(m, _mm512_abs_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }));
+            }
+            let amax = _mm512_reduce_max_ps(m);
+            let sa = amax / 127.0;
+            let inv = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+            for (gi, xg) in xb.chunks_exact(group).enumerate() {
+                let p0 = b * block + gi * group;
+                let mut sum = _mm512_setzero_si512();
+                for (ci, c) in xg.chunks_exact(16).enumerate() {
+                    // SAFETY: a 16-float chunk.
+                    let v = unsafe { _mm512_loadu_ps(c.as_ptr()) };
+                    let q = _mm512_max_epi32(
+                        _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), hi),
+                        lo,
+                    );
+                    sum = _mm512_add_epi32(sum, q);
+                    let q8 = _mm512_cvtepi32_epi8(q);
+                    let mut four = [0u32; 4];
+                    // SAFETY: 16 bytes into a 16-byte array.
+                    unsafe { _mm_storeu_si128(four.as_mut_ptr().cast(), q8) };
+                    let step = (p0 + 16 * ci) / 4;
+                    for (i, w) in four.iter().enumerate() {
+                        let at = ((step + i) * NX + r) * 4;
+                        bytes[at..at + 4].copy_from_slice(&w.to_ne_bytes());
+                    }
+                }
+                let g = p0 / group;
+                maps[(g * NX + r) * 2] = sa;
+                maps[(g * NX + r) * 2 + 1] = sa * _mm512_reduce_add_epi32(sum) as f32;
+            }
+        }
+    }
 
     /// Values `0..done` (a multiple of 16, at most `words`) of the [`NW`] rows of `words` 4-byte
     /// values at `src` (row `r` at `src + r * words`), written to `dst[w * NW + r]`: each 16 x 16
@@ -511,6 +583,46 @@ mod tests {
                         "{words} values: row {r}, {w}"
                     );
                 }
+            }
+        }
+    }
+
+    /// The vector quantization of activation rows writes the scalar one's bytes and maps bit for
+    /// bit: Q4_K's and Q6_K's blocks of 256 (groups of 32 and 16) and Q8_0's of 32, with a zero
+    /// block, values at the block maximum and levels near a half.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_activation_quantization_matches_the_scalar_one() {
+        if !available() {
+            eprintln!("no AVX-512 VNNI on this CPU: the vector quantization is not exercised here");
+            return;
+        }
+        let k = 768;
+        for (block, group) in [(256usize, 32usize), (256, 16), (32, 32)] {
+            for r in 0..NX {
+                let mut row = xorshift_values(k, 5 + r as u64);
+                row[..block].fill(0.0);
+                row[block + 3] = -40.0;
+                row[block + 9] = 40.0;
+                // Levels at (or a rounding step from) 2.5 and 3.5: where truncation and
+                // rounding half away from zero would differ.
+                row[block + 10] = 40.0 * 2.5 / 127.0;
+                row[block + 11] = 40.0 * 3.5 / 127.0;
+                let mut want = (vec![0u8; NX * k], vec![0f32; 2 * NX * k / group]);
+                quantize_row(&row, block, group, r, &mut want.0, &mut want.1);
+                let mut got = (vec![0u8; NX * k], vec![0f32; 2 * NX * k / group]);
+                // SAFETY: AVX-512F detected; the shapes are the function's.
+                unsafe { x86::quantize_row(&row, block, group, r, &mut got.0, &mut got.1) };
+                assert_eq!(
+                    got.0, want.0,
+                    "block {block}, group {group}, row {r}: bytes"
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got.1),
+                    bits(&want.1),
+                    "block {block}, group {group}, row {r}: maps"
+                );
             }
         }
     }
