@@ -80,7 +80,7 @@ pub(super) fn pack_activations(ty: GgmlType, x: &[f32], n: usize, k: usize, acts
             for r in 0..(n - t * NX).min(NX) {
                 let row = &x[(t * NX + r) * k..(t * NX + r + 1) * k];
                 #[cfg(target_arch = "x86_64")]
-                if available() && group % 16 == 0 && k % block == 0 {
+                if available() && group.is_multiple_of(16) && k.is_multiple_of(block) {
                     // SAFETY: AVX-512F was detected; `row` holds k values, whole blocks of whole
                     // groups of 16, and `bytes` / `maps` are one tile's (NX·k and NX·2·k/group).
                     unsafe { x86::quantize_row(row, block, group, r, bytes, maps) };
