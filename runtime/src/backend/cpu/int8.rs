@@ -587,14 +587,22 @@ mod tests {
         }
     }
 
+    /// Whether this CPU runs the vector code; when it does not, says so on stderr, so that the
+    /// skipped check shows in the test output.
+    fn vector_here(what: &str) -> bool {
+        if !available() {
+            eprintln!("no AVX-512 VNNI on this CPU: {what} is not exercised here");
+        }
+        available()
+    }
+
     /// The vector quantization of activation rows writes the scalar one's bytes and maps bit for
     /// bit: Q4_K's and Q6_K's blocks of 256 (groups of 32 and 16) and Q8_0's of 32, with a zero
     /// block, values at the block maximum and levels near a half.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_activation_quantization_matches_the_scalar_one() {
-        if !available() {
-            eprintln!("no AVX-512 VNNI on this CPU: the vector quantization is not exercised here");
+        if !vector_here("the vector quantization") {
             return;
         }
         let k = 768;
@@ -630,8 +638,7 @@ mod tests {
     /// The vector kernel against the scalar one on the same packed data (where the CPU has it).
     #[test]
     fn vector_kernel_matches_the_scalar_arithmetic() {
-        if !available() {
-            eprintln!("no AVX-512 VNNI on this CPU: the vector kernel is not exercised here");
+        if !vector_here("the vector kernel") {
             return;
         }
         let k = 512;
