@@ -64,11 +64,12 @@ pub fn decode_affine(
             GgmlType::Q4_K => {
                 let (d, dmin) = (f16_at(x), f16_at(&x[2..]));
                 let (sc, qs) = (&x[4..16], &x[16..144]);
-                for g in 0..4 {
-                    let q = &qs[32 * g..32 * g + 32];
-                    for (l, &q) in q.iter().enumerate() {
-                        u[64 * g + l] = q & 0x0f;
-                        u[64 * g + 32 + l] = q >> 4;
+                // Whole slices, not indices, so that the compiler moves 16 bytes at a time.
+                for (u, q) in u.chunks_exact_mut(64).zip(qs.chunks_exact(32)) {
+                    let (lo, hi) = u.split_at_mut(32);
+                    for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(q) {
+                        *lo = q & 0x0f;
+                        *hi = q >> 4;
                     }
                 }
                 for j in 0..8 {
