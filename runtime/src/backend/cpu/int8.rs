@@ -79,21 +79,15 @@ pub(super) fn pack_activations(ty: GgmlType, x: &[f32], n: usize, k: usize, acts
             maps.fill(0.0);
             for r in 0..(n - t * NX).min(NX) {
                 let row = &x[(t * NX + r) * k..(t * NX + r + 1) * k];
-                #[cfg(target_arch = "x86_64")]
-                if available() && group.is_multiple_of(16) && k.is_multiple_of(block) {
-                    // SAFETY: AVX-512F was detected; `row` holds k values, whole blocks of whole
-                    // groups of 16, and `bytes` / `maps` are one tile's (NX·k and NX·2·k/group).
-                    unsafe { x86::quantize_row(row, block, group, r, bytes, maps) };
-                    continue;
-                }
-                quantize_row(row, block, group, r, bytes, maps);
+                quantize_row(row, block, group, r, bytes, maps, true);
             }
         });
 }
 
 /// Row `r` of a tile quantized to signed bytes, a scale per `block` values (`amax / 127`), into
 /// the tile's packed bytes (value `p` at `(p / 4 · NX + r) · 4 + p % 4`) and its per-group maps
-/// (the scale and the scale times the group's sum of levels).
+/// (the scale and the scale times the group's sum of levels). With `vector`, on a CPU with
+/// AVX-512, the maxima and levels are taken sixteen values at a time, to the same results.
 fn quantize_row(
     row: &[f32],
     block: usize,
@@ -101,25 +95,51 @@ fn quantize_row(
     r: usize,
     bytes: &mut [u8],
     maps: &mut [f32],
+    vector: bool,
 ) {
+    let vector = vector && available();
     for (b, xb) in row.chunks(block).enumerate() {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = absmax(xb, vector);
         let sa = amax / 127.0;
         let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         for (gi, xg) in xb.chunks(group).enumerate() {
             let p0 = b * block + gi * group;
-            let mut sum = 0i32;
-            for (l, &v) in xg.iter().enumerate() {
-                let q = nearest_int(v * inv).clamp(-127, 127);
-                sum += q;
-                let p = p0 + l;
-                bytes[(p / 4 * NX + r) * 4 + p % 4] = q as i8 as u8;
-            }
+            let sum = levels(xg, inv, p0, r, bytes, vector);
             let g = p0 / group;
             maps[(g * NX + r) * 2] = sa;
             maps[(g * NX + r) * 2 + 1] = sa * sum as f32;
         }
     }
+}
+
+/// The largest magnitude in `x` (0 for none); `vector` only where [`available`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn absmax(x: &[f32], vector: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if vector && x.len().is_multiple_of(16) {
+        // SAFETY: the caller passes `vector` only where AVX-512F was detected.
+        return unsafe { x86::absmax(x) };
+    }
+    x.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// Values `p0..` of row `r` (`xg`) as levels `nearest_int(v · inv)` in -127..=127, written to
+/// their packed places in `bytes`; returns the levels' sum. `vector` only where [`available`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn levels(xg: &[f32], inv: f32, p0: usize, r: usize, bytes: &mut [u8], vector: bool) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if vector && xg.len().is_multiple_of(16) && p0.is_multiple_of(16) {
+        // SAFETY: as in `absmax`.
+        return unsafe { x86::levels(xg, inv, p0, r, bytes) };
+    }
+    let mut sum = 0i32;
+    for (l, &v) in xg.iter().enumerate() {
+        let q = nearest_int(v * inv).clamp(-127, 127);
+        sum += q;
+        let p = p0 + l;
+        bytes[(p / 4 * NX + r) * 4 + p % 4] = q as i8 as u8;
+    }
+    sum
 }
 
 /// `t` as one `n x pr` block per panel of `pr` weight rows, as `gemm::gemm_panels` writes it
@@ -287,55 +307,47 @@ mod x86 {
 
     use super::{Panel, NW, NX};
 
-    /// [`super::quantize_row`] sixteen values at a time: the same levels (`vcvtps2dq` rounds half
-    /// to even, as `nearest_int` does), sums and scales, bit for bit on finite input. `group` is a
-    /// multiple of 16, `block` of `group`, `row.len()` of `block`; `bytes` holds `NX · row.len()`
-    /// values and `maps` `NX · 2 · row.len() / group`.
+    /// [`super::absmax`]'s fold sixteen values at a time (the same value: a maximum rounds nothing).
+    /// `x.len()` is a multiple of 16.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn quantize_row(
-        row: &[f32],
-        block: usize,
-        group: usize,
-        r: usize,
-        bytes: &mut [u8],
-        maps: &mut [f32],
-    ) {
-        let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
-        for (b, xb) in row.chunks_exact(block).enumerate() {
-            let mut m = _mm512_setzero_ps();
-            for c in xb.chunks_exact(16) {
-                // SAFETY: a 16-float chunk.
-                m = _mm512_max_ps(m, _mm512_abs_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }));
-            }
-            let amax = _mm512_reduce_max_ps(m);
-            let sa = amax / 127.0;
-            let inv = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
-            for (gi, xg) in xb.chunks_exact(group).enumerate() {
-                let p0 = b * block + gi * group;
-                let mut sum = _mm512_setzero_si512();
-                for (ci, c) in xg.chunks_exact(16).enumerate() {
-                    // SAFETY: a 16-float chunk.
-                    let v = unsafe { _mm512_loadu_ps(c.as_ptr()) };
-                    let q = _mm512_max_epi32(
-                        _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), hi),
-                        lo,
-                    );
-                    sum = _mm512_add_epi32(sum, q);
-                    let q8 = _mm512_cvtepi32_epi8(q);
-                    let mut four = [0u32; 4];
-                    // SAFETY: 16 bytes into a 16-byte array.
-                    unsafe { _mm_storeu_si128(four.as_mut_ptr().cast(), q8) };
-                    let step = (p0 + 16 * ci) / 4;
-                    for (i, w) in four.iter().enumerate() {
-                        let at = ((step + i) * NX + r) * 4;
-                        bytes[at..at + 4].copy_from_slice(&w.to_ne_bytes());
-                    }
-                }
-                let g = p0 / group;
-                maps[(g * NX + r) * 2] = sa;
-                maps[(g * NX + r) * 2 + 1] = sa * _mm512_reduce_add_epi32(sum) as f32;
+    pub(super) fn absmax(x: &[f32]) -> f32 {
+        let mut m = _mm512_setzero_ps();
+        for c in x.chunks_exact(16) {
+            // SAFETY: a 16-float chunk.
+            m = _mm512_max_ps(m, _mm512_abs_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }));
+        }
+        _mm512_reduce_max_ps(m)
+    }
+
+    /// [`super::levels`]' loop sixteen values at a time, to the same bytes and sum on finite input
+    /// (`vcvtps2dq` rounds half to even, as `nearest_int` does). `xg.len()` and `p0` are
+    /// multiples of 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn levels(xg: &[f32], inv: f32, p0: usize, r: usize, bytes: &mut [u8]) -> i32 {
+        let (lo, hi, inv) = (
+            _mm512_set1_epi32(-127),
+            _mm512_set1_epi32(127),
+            _mm512_set1_ps(inv),
+        );
+        let mut sum = _mm512_setzero_si512();
+        for (ci, c) in xg.chunks_exact(16).enumerate() {
+            // SAFETY: a 16-float chunk.
+            let v = unsafe { _mm512_loadu_ps(c.as_ptr()) };
+            let q = _mm512_max_epi32(
+                _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), hi),
+                lo,
+            );
+            sum = _mm512_add_epi32(sum, q);
+            let mut four = [0u32; 4];
+            // SAFETY: 16 bytes into a 16-byte array.
+            unsafe { _mm_storeu_si128(four.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q)) };
+            let step = (p0 + 16 * ci) / 4;
+            for (i, w) in four.iter().enumerate() {
+                let at = ((step + i) * NX + r) * 4;
+                bytes[at..at + 4].copy_from_slice(&w.to_ne_bytes());
             }
         }
+        _mm512_reduce_add_epi32(sum)
     }
 
     /// Values `0..done` (a multiple of 16, at most `words`) of the [`NW`] rows of `words` 4-byte
@@ -617,10 +629,9 @@ mod tests {
                 row[block + 10] = 40.0 * 2.5 / 127.0;
                 row[block + 11] = 40.0 * 3.5 / 127.0;
                 let mut want = (vec![0u8; NX * k], vec![0f32; 2 * NX * k / group]);
-                quantize_row(&row, block, group, r, &mut want.0, &mut want.1);
+                quantize_row(&row, block, group, r, &mut want.0, &mut want.1, false);
                 let mut got = (vec![0u8; NX * k], vec![0f32; 2 * NX * k / group]);
-                // SAFETY: AVX-512F detected; the shapes are the function's.
-                unsafe { x86::quantize_row(&row, block, group, r, &mut got.0, &mut got.1) };
+                quantize_row(&row, block, group, r, &mut got.0, &mut got.1, true);
                 assert_eq!(
                     got.0, want.0,
                     "block {block}, group {group}, row {r}: bytes"
