@@ -66,6 +66,14 @@ typedef enum {
   ANATOMY_IMAGE_FORMAT_RGB8 = 1,
 } AnatomyImageFormat;
 
+// What a KV cache stores.
+typedef enum {
+  // Keys and values as computed (the default; matches HF transformers' f32 run).
+  ANATOMY_CACHE_TYPE_F32 = 0,
+  // Rounded to f16: half the memory, as llama.cpp's default cache.
+  ANATOMY_CACHE_TYPE_F16 = 1,
+} AnatomyCacheType;
+
 // A loaded model (opaque). Shareable across threads.
 typedef struct AnatomyModel AnatomyModel;
 
@@ -88,6 +96,9 @@ typedef struct {
   // Processor pixel bounds; 0 keeps the file's value (or the Qwen2.5-VL default).
   uint32_t min_pixels;
   uint32_t max_pixels;
+  // What each session's KV cache stores: an `AnatomyCacheType` value (an integer, so that a
+  // bad value is an error, not UB).
+  uint32_t cache_type;
 } AnatomyModelParams;
 
 // Generation parameters. Get defaults from `anatomy_gen_params_default`.

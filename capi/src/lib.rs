@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 
 use anatomy_models::qwen2_5_vl::preprocess::{decode_image, DecodeLimits};
+use anatomy_runtime::backend::CacheType;
 use anatomy_runtime::generate::{AskRequest, FinishReason, Flow, ImageInput};
 use anatomy_runtime::{Answer, Model, ModelOptions, RuntimeError, SamplingParams, Session};
 
@@ -80,6 +81,19 @@ pub struct AnatomyModelParams {
     /// Processor pixel bounds; 0 keeps the file's value (or the Qwen2.5-VL default).
     pub min_pixels: u32,
     pub max_pixels: u32,
+    /// What each session's KV cache stores: an `AnatomyCacheType` value (an integer, so that a
+    /// bad value is an error, not UB).
+    pub cache_type: u32,
+}
+
+/// What a KV cache stores.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnatomyCacheType {
+    /// Keys and values as computed (the default; matches HF transformers' f32 run).
+    F32 = 0,
+    /// Rounded to f16: half the memory, as llama.cpp's default cache.
+    F16 = 1,
 }
 
 /// Generation parameters. Get defaults from `anatomy_gen_params_default`.
@@ -389,6 +403,7 @@ pub extern "C" fn anatomy_model_params_default() -> AnatomyModelParams {
         max_image_tokens: 0,
         min_pixels: 0,
         max_pixels: 0,
+        cache_type: AnatomyCacheType::F32 as u32,
     }
 }
 
@@ -457,8 +472,19 @@ pub unsafe extern "C" fn anatomy_model_load(
         if lm.is_empty() {
             return fail(AnatomyStatus::InvalidArgument, "lm_path is empty");
         }
+        let cache_type = match p.cache_type {
+            t if t == AnatomyCacheType::F32 as u32 => CacheType::F32,
+            t if t == AnatomyCacheType::F16 as u32 => CacheType::F16,
+            t => {
+                return fail(
+                    AnatomyStatus::InvalidArgument,
+                    format!("params.cache_type {t} is not an AnatomyCacheType"),
+                )
+            }
+        };
         let opts = ModelOptions {
             threads: nonzero(p.threads),
+            cache_type,
             context: nonzero(p.context_length),
             max_image_tokens: nonzero(p.max_image_tokens),
             min_pixels: nonzero(p.min_pixels),

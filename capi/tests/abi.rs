@@ -33,12 +33,17 @@ fn last_error() -> String {
 
 /// Loads the llama.cpp-made square pair with the fixture's processor pixel bounds.
 fn load() -> *mut AnatomyModel {
+    load_with(AnatomyCacheType::F32)
+}
+
+fn load_with(cache: AnatomyCacheType) -> *mut AnatomyModel {
     let r = reference();
     let files = root().join("tests/fixtures/gguf/llamacpp");
     let lm = cstr(files.join("square-f32.gguf").to_str().unwrap());
     let mm = cstr(files.join("square-f32-mmproj.gguf").to_str().unwrap());
     let mut p = anatomy_model_params_default();
     p.threads = 2;
+    p.cache_type = cache as u32;
     p.min_pixels = r["min_pixels"].as_u64().unwrap() as u32;
     p.max_pixels = r["max_pixels"].as_u64().unwrap() as u32;
     let backend = cstr("cpu");
@@ -200,6 +205,14 @@ fn load_errors() {
             AnatomyStatus::InvalidArgument
         );
         assert!(last_error().contains("metal"));
+        assert!(m.is_null());
+        let mut p = anatomy_model_params_default();
+        p.cache_type = 7;
+        assert_eq!(
+            anatomy_model_load(missing.as_ptr(), null(), &p, &mut m),
+            AnatomyStatus::InvalidArgument
+        );
+        assert!(last_error().contains("cache_type 7"), "{}", last_error());
         assert!(m.is_null());
     }
 }
@@ -379,6 +392,37 @@ fn ask_errors() {
         free_result(r);
         assert_eq!(anatomy_session_free(s), AnatomyStatus::Ok);
         assert_eq!(anatomy_model_free(m), AnatomyStatus::Ok);
+    }
+}
+
+/// An f16 KV cache through the C ABI: HF's greedy tokens still (the runtime's tests bound how far
+/// it moves the logits).
+#[test]
+fn an_f16_cache_keeps_hf_greedy_tokens() {
+    let m = load_with(AnatomyCacheType::F16);
+    let s = session(m);
+    let want: Vec<u32> = reference()["greedy_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let png = png();
+    let (st, r) = ask(
+        s,
+        Some(&encoded(&png)),
+        &[],
+        want.len() as u32,
+        None,
+        null_mut(),
+    );
+    assert_eq!(st, AnatomyStatus::Ok, "{}", last_error());
+    assert_eq!(tokens(r), want);
+    free_result(r);
+    // SAFETY: live handles, freed once.
+    unsafe {
+        anatomy_session_free(s);
+        anatomy_model_free(m);
     }
 }
 

@@ -12,7 +12,7 @@ use anatomy_models::qwen2_5_vl::positions::{rope_index, GridThw};
 use anatomy_models::qwen2_5_vl::preprocess::{PreprocessParams, ProcessedImage};
 use anatomy_models::qwen2_5_vl::template::{END_OF_TEXT, IMAGE_PAD, IM_END};
 
-use crate::backend::{Backend, CpuBackend};
+use crate::backend::{Backend, CacheType, CpuBackend};
 use crate::error::RuntimeError;
 use crate::generate::PromptFormat;
 use crate::gguf::qwen2vl::{LmParams, MmprojParams};
@@ -37,6 +37,8 @@ pub struct ModelOptions {
     pub threads: Option<usize>,
     /// KV-cache length; `min(file's context, DEFAULT_CONTEXT)` when `None`.
     pub context: Option<usize>,
+    /// What the KV cache stores: f32 (the default, exact) or f16 (half the memory).
+    pub cache_type: CacheType,
     /// Largest image, in merged vision tokens (overrides the processor's `max_pixels`).
     pub max_image_tokens: Option<usize>,
     /// Processor pixel bounds (overriding the file's or the defaults).
@@ -66,6 +68,7 @@ pub struct Model<B: Backend = CpuBackend> {
     preprocess: PreprocessParams,
     special: SpecialTokens,
     context: usize,
+    cache_type: CacheType,
     load_ms: f64,
     lm_bytes: u64,
     prompt: PromptFormat,
@@ -196,6 +199,7 @@ impl<B: Backend> Model<B> {
             preprocess,
             special,
             context,
+            cache_type: opts.cache_type,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -218,6 +222,18 @@ impl<B: Backend> Model<B> {
 
     pub fn context(&self) -> usize {
         self.context
+    }
+
+    /// What each session's KV cache stores.
+    pub fn cache_type(&self) -> CacheType {
+        self.cache_type
+    }
+
+    /// Bytes of one session's KV cache: keys and values of every layer for the whole context.
+    pub fn cache_bytes(&self) -> u64 {
+        let p = &self.text.p;
+        let kv = (p.embedding_length / p.head_count.max(1) * p.head_count_kv) as u64;
+        2 * p.block_count as u64 * self.context as u64 * kv * self.cache_type.bytes() as u64
     }
 
     pub fn has_vision(&self) -> bool {
@@ -246,7 +262,9 @@ impl<B: Backend> Model<B> {
     pub fn session(&self) -> Session<'_, B> {
         Session {
             model: self,
-            state: self.text.state(&self.backend, self.context, DEFAULT_CHUNK),
+            state: self
+                .text
+                .state(&self.backend, self.context, DEFAULT_CHUNK, self.cache_type),
             vision: None,
             images: Vec::new(),
             logits: vec![0.0; self.text.p.vocab_size],

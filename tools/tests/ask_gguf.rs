@@ -217,6 +217,10 @@ fn bad_inputs_fail_with_errors() {
         &ask(&lm, &mm, &image, &["--context", "8", "q"]),
         "context holds 8",
     );
+    fails_cleanly(
+        &ask(&lm, &mm, &image, &["--cache-type", "q4_0", "q"]),
+        "unknown cache type \"q4_0\"",
+    );
     let hf = case_dir("square").join("model");
     fails_cleanly(
         &anatomy(&[
@@ -304,6 +308,65 @@ fn tokenize_prints_ids_as_json() {
     assert_eq!(
         got["ids"].as_array().unwrap().len(),
         reference["prompt_length"].as_u64().unwrap() as usize
+    );
+}
+
+/// `--cache-type f16` answers with HF's tokens (the runtime's tests bound how far it moves the
+/// logits), and `bench --cache-type f16 --json` says so, with a KV cache half the f32 one's bytes.
+#[test]
+fn an_f16_cache_answers_the_same_and_bench_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lm, mm) = convert(tmp.path());
+    let dir = case_dir("square");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    let q = reference["question"].as_str().unwrap();
+    let image = dir.join("image.png");
+    let out = ask(
+        &lm,
+        &mm,
+        &image,
+        &["--max-tokens", "16", "--cache-type", "f16", q],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["token_ids"], reference["greedy_tokens"], "{got}");
+
+    let bench = |cache: &str| {
+        let out = anatomy(&[
+            "bench".as_ref(),
+            "--model".as_ref(),
+            lm.as_os_str(),
+            "--prompt-tokens".as_ref(),
+            "4".as_ref(),
+            "--gen-tokens".as_ref(),
+            "2".as_ref(),
+            "--reps".as_ref(),
+            "1".as_ref(),
+            "--cache-type".as_ref(),
+            cache.as_ref(),
+            "--json".as_ref(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (full, half) = (bench("f32"), bench("f16"));
+    assert_eq!(full["cache_type"], "f32");
+    assert_eq!(half["cache_type"], "f16");
+    let bytes = |v: &serde_json::Value| v["kv_cache_bytes"].as_u64().unwrap();
+    assert!(bytes(&half) > 0, "{half}");
+    assert_eq!(2 * bytes(&half), bytes(&full));
+    assert!(
+        half["decode_tok_s"].as_f64().is_some_and(|v| v > 0.0),
+        "{half}"
     );
 }
 

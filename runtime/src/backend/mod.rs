@@ -66,6 +66,45 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// What a KV cache stores (llama.cpp's `--cache-type-k` / `--cache-type-v`). `F32` keeps keys
+/// and values as computed, so the attention matches HF transformers' f32 run; `F16` halves the
+/// cache's memory and the bytes each decoded token reads from it, rounding each value to f16
+/// (11 significant bits) as llama.cpp's default cache does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum CacheType {
+    #[default]
+    F32,
+    F16,
+}
+
+impl CacheType {
+    /// Bytes per cached value.
+    pub fn bytes(self) -> usize {
+        match self {
+            CacheType::F32 => 4,
+            CacheType::F16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheType::F32 => "f32",
+            CacheType::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for CacheType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(CacheType::F32),
+            "f16" => Ok(CacheType::F16),
+            _ => Err(format!("unknown cache type {s:?} (f32 or f16)")),
+        }
+    }
+}
+
 /// Sizes a session's scratch must cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkspaceSpec {
@@ -86,6 +125,8 @@ pub trait Backend: Send + Sync + 'static {
     type Matrix: Send + Sync;
     /// Per-session scratch: quantized activations, attention scores, transposes.
     type Workspace: Send;
+    /// A KV cache's rows, in the element type of a [`CacheType`].
+    type Cache: Send + Sync;
 
     fn name(&self) -> &'static str;
     /// Runs `f`, a whole forward pass of kernel calls, where the kernels will run: the CPU
@@ -180,6 +221,29 @@ pub trait Backend: Send + Sync + 'static {
         q: &Self::Buffer,
         k: &Self::Buffer,
         v: &Self::Buffer,
+        out: &mut Self::Buffer,
+        shape: AttnShape,
+        mask: &Mask<'_>,
+    );
+    /// A KV cache of `rows` rows of `dim` values, zeroed.
+    fn alloc_cache(&self, rows: usize, dim: usize, ty: CacheType) -> Self::Cache;
+    /// Stores rows `0..count` of `src` (`dim` values each) as cache rows `row..row + count`.
+    fn store_rows(
+        &self,
+        src: &Self::Buffer,
+        dst: &mut Self::Cache,
+        row: usize,
+        count: usize,
+        dim: usize,
+    );
+    /// [`Self::attention`] with keys and values read from two caches.
+    #[allow(clippy::too_many_arguments)]
+    fn cached_attention(
+        &self,
+        ws: &mut Self::Workspace,
+        q: &Self::Buffer,
+        k: &Self::Cache,
+        v: &Self::Cache,
         out: &mut Self::Buffer,
         shape: AttnShape,
         mask: &Mask<'_>,

@@ -7,7 +7,7 @@
 
 use super::rope::{inv_freq, mrope_components, mrope_table};
 use super::weights::LmWeights;
-use crate::backend::{AttnShape, Backend, BackendError, Mask, WorkspaceSpec};
+use crate::backend::{AttnShape, Backend, BackendError, CacheType, Mask, WorkspaceSpec};
 use crate::gguf::qwen2vl::LmParams;
 
 /// Most rows [`TextModel::forward_all`] takes: below every weight type's switch to the many-row
@@ -47,8 +47,8 @@ pub struct TextState<B: Backend> {
     /// Logits of every row of the last [`TextModel::forward_all`], `[rows, vocab]`: allocated by
     /// the first call, for at most [`ALL_LOGITS_ROWS`] rows.
     pub all_logits: Option<B::Buffer>,
-    kc: Vec<B::Buffer>,
-    vc: Vec<B::Buffer>,
+    kc: Vec<B::Cache>,
+    vc: Vec<B::Cache>,
     ws: B::Workspace,
 }
 
@@ -73,8 +73,9 @@ impl<B: Backend> TextModel<B> {
         self.head_dim() * self.p.head_count_kv
     }
 
-    /// Allocates a conversation's state: a KV cache of `ctx` tokens, chunks of `chunk` tokens.
-    pub fn state(&self, b: &B, ctx: usize, chunk: usize) -> TextState<B> {
+    /// Allocates a conversation's state: a KV cache of `ctx` tokens holding `cache` values,
+    /// chunks of `chunk` tokens.
+    pub fn state(&self, b: &B, ctx: usize, chunk: usize, cache: CacheType) -> TextState<B> {
         let (e, ff, kv) = (
             self.p.embedding_length,
             self.p.feed_forward_length,
@@ -99,8 +100,12 @@ impl<B: Backend> TextModel<B> {
             last_norm: b.alloc(e),
             logits: b.alloc(self.p.vocab_size),
             all_logits: None,
-            kc: (0..self.p.block_count).map(|_| b.alloc(ctx * kv)).collect(),
-            vc: (0..self.p.block_count).map(|_| b.alloc(ctx * kv)).collect(),
+            kc: (0..self.p.block_count)
+                .map(|_| b.alloc_cache(ctx, kv, cache))
+                .collect(),
+            vc: (0..self.p.block_count)
+                .map(|_| b.alloc_cache(ctx, kv, cache))
+                .collect(),
             ws: b.workspace(WorkspaceSpec {
                 rows: chunk,
                 cols: e.max(ff).max(kv),
@@ -198,9 +203,9 @@ impl<B: Backend> TextModel<B> {
             b.add_bias(&mut st.v, &l.v_b, n);
             b.rope(&mut st.q, &st.table, n, shape.heads, hd);
             b.rope(&mut st.k, &st.table, n, shape.kv_heads, hd);
-            b.copy_rows(&st.k, 0, &mut st.kc[i], past, n, kv);
-            b.copy_rows(&st.v, 0, &mut st.vc[i], past, n, kv);
-            b.attention(
+            b.store_rows(&st.k, &mut st.kc[i], past, n, kv);
+            b.store_rows(&st.v, &mut st.vc[i], past, n, kv);
+            b.cached_attention(
                 &mut st.ws,
                 &st.q,
                 &st.kc[i],

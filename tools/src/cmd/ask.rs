@@ -13,6 +13,7 @@ use anatomy_models::qwen2_5_vl::config::load_preprocess_params;
 use anatomy_models::qwen2_5_vl::preprocess::preprocess_file;
 use anatomy_models::qwen2_5_vl::sampling::{Sampler, SamplingParams};
 use anatomy_models::qwen2_5_vl::template::{user_prompt, ChatTokenizer};
+use anatomy_runtime::backend::CacheType;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -52,6 +53,10 @@ pub struct AskArgs {
     /// KV-cache length in tokens (GGUF runtime).
     #[arg(long)]
     pub(crate) context: Option<usize>,
+    /// What the KV cache stores (GGUF runtime): f32, exact, or f16, half the memory (as
+    /// llama.cpp's default cache).
+    #[arg(long, default_value = "f32", value_name = "f32|f16")]
+    pub(crate) cache_type: CacheType,
     /// Image file (PNG or JPEG).
     #[arg(long)]
     pub(crate) image: Option<PathBuf>,

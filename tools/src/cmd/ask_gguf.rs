@@ -21,6 +21,7 @@ pub fn run(args: &AskArgs) -> Result<()> {
     let opts = ModelOptions {
         threads: args.threads,
         context: args.context,
+        cache_type: args.cache_type,
         max_image_tokens: args.max_image_tokens,
         residence: Residence::from_no_mmap(args.no_mmap),
         ..Default::default()

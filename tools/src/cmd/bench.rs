@@ -18,6 +18,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anatomy_runtime::backend::CacheType;
 use anatomy_runtime::generate::{peak_rss_bytes, ImageInput};
 use anatomy_runtime::gguf::Residence;
 use anatomy_runtime::{Model, ModelOptions};
@@ -47,6 +48,9 @@ pub struct BenchArgs {
     /// them (llama.cpp's --no-mmap); the JSON's `mmap` says which.
     #[arg(long)]
     no_mmap: bool,
+    /// What the KV cache stores: f32 or f16 (the JSON's `cache_type` says which).
+    #[arg(long, default_value = "f32", value_name = "f32|f16")]
+    cache_type: CacheType,
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -75,6 +79,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         threads: args.threads,
         context: Some(args.prompt_tokens + args.gen_tokens + 1),
         residence: Residence::from_no_mmap(args.no_mmap),
+        cache_type: args.cache_type,
         ..Default::default()
     };
     let mut loads = Vec::new();
@@ -186,6 +191,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "model": args.model.display().to_string(),
         "threads": threads,
         "mmap": !args.no_mmap,
+        "cache_type": args.cache_type.name(),
+        "kv_cache_bytes": model.cache_bytes(),
         "reps": args.reps,
         "load_ms": median(loads),
         "image_tokens": image_tokens,

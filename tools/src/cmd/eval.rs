@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anatomy_runtime::backend::CacheType;
 use anatomy_runtime::generate::{AskRequest, Flow, ImageInput};
 use anatomy_runtime::{Model, ModelOptions, SamplingParams};
 use anatomy_trainer::data::{self, LoadOptions};
@@ -56,6 +57,9 @@ pub struct EvalArgs {
     /// Worker threads of the runtime; physical cores by default.
     #[arg(long)]
     threads: Option<usize>,
+    /// What the runtime's KV cache stores: f32 or f16 (see `anatomy ask --cache-type`).
+    #[arg(long, default_value = "f32", value_name = "f32|f16")]
+    cache_type: CacheType,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
@@ -155,6 +159,7 @@ fn run_gguf(args: &EvalArgs, lm: &Path, mm: &Path) -> Result<()> {
         Some(mm),
         &ModelOptions {
             threads: args.threads,
+            cache_type: args.cache_type,
             ..Default::default()
         },
     )

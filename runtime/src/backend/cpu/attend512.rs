@@ -6,11 +6,12 @@
 //! made attention a tenth of a decoded token's time, several times what reading the KV cache costs.
 //! Here each key's products with all query vectors are summed together by one transpose-and-add
 //! tree (16 sums in 15 vector adds), the softmax runs with the query vectors in the lanes (one
-//! vector `exp` per key), and values are accumulated 16 keys at a time from registers.
+//! vector `exp` per key), and values are accumulated 16 keys at a time from registers. Rows of an
+//! f16 cache are widened sixteen values at a time as they are loaded (`vcvtph2ps`).
 
 use std::arch::x86_64::*;
 
-use super::kernels::{MAX_HEAD_DIM, MAX_Q};
+use super::kernels::{Kv, MAX_HEAD_DIM, MAX_Q};
 use super::simd::x86::exp512 as exp;
 
 /// Keys per step: one per lane of a score vector.
@@ -18,14 +19,15 @@ const KEYS: usize = 16;
 
 /// What [`attend`] reads: `query(x)` is query vector `x` (at least `d` floats), scored with
 /// factor `scale`; key `t` of vector `x` counts when `ranges[x].0 <= t < ranges[x].1`; the key
-/// and value rows of key `t` are `k[t·kw + off..][..d]` and `v[t·kw + off..][..d]`.
+/// and value rows of key `t` are `k[t·kw + off..][..d]` and `v[t·kw + off..][..d]`, both f32 or
+/// both f16.
 pub(super) struct Keys<'a> {
     pub query: &'a dyn Fn(usize) -> &'a [f32],
     pub scale: f32,
     pub nv: usize,
     pub d: usize,
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: Kv<'a>,
+    pub v: Kv<'a>,
     pub kw: usize,
     pub off: usize,
     pub ranges: &'a [(usize, usize); MAX_Q],
@@ -42,7 +44,12 @@ pub(super) fn attend(
     acc: &mut [[f32; MAX_HEAD_DIM]; MAX_Q],
     l: &mut [f32; MAX_Q],
 ) -> bool {
-    let fits = |buf: &[f32]| a.hi == 0 || (a.hi - 1) * a.kw + a.off + a.d <= buf.len();
+    let fits = |buf: Kv<'_>| a.hi == 0 || (a.hi - 1) * a.kw + a.off + a.d <= buf.len();
+    let (k, v, half) = match (a.k, a.v) {
+        (Kv::F32(k), Kv::F32(v)) => (k.as_ptr().cast::<u8>(), v.as_ptr().cast::<u8>(), false),
+        (Kv::F16(k), Kv::F16(v)) => (k.as_ptr().cast::<u8>(), v.as_ptr().cast::<u8>(), true),
+        _ => return false,
+    };
     if a.d == 0
         || !a.d.is_multiple_of(16)
         || a.d > MAX_HEAD_DIM
@@ -64,10 +71,12 @@ pub(super) fn attend(
     }
     macro_rules! by_chunks {
         ($($c:literal)*) => {
-            match a.d / 16 {
+            match (a.d / 16, half) {
                 // SAFETY: AVX-512F detected above; d = 16·C <= MAX_HEAD_DIM, nv <= MAX_Q and every
-                // key row read (t < hi) lies inside k and v, as checked above.
-                $($c => unsafe { run::<$c>(a, &qs, acc, l) },)*
+                // key row read (t < hi) lies inside k and v, whose elements are f16 exactly when
+                // `half`, as checked above.
+                $(($c, false) => unsafe { run::<$c, false>(a, k, v, &qs, acc, l) },
+                  ($c, true) => unsafe { run::<$c, true>(a, k, v, &qs, acc, l) },)*
                 _ => unreachable!("d is a multiple of 16 up to MAX_HEAD_DIM"),
             }
         };
@@ -77,17 +86,39 @@ pub(super) fn attend(
 }
 
 /// A row of zeros stands in for the value rows past the last key of a partial step (their
-/// weights are zero), so the value loop always runs over 16 rows.
-static ZERO_ROW: [f32; MAX_HEAD_DIM] = [0.0; MAX_HEAD_DIM];
+/// weights are zero), so the value loop always runs over 16 rows; zero bytes are a zero f32 and a
+/// zero f16 alike.
+static ZERO_ROW: [u8; 4 * MAX_HEAD_DIM] = [0; 4 * MAX_HEAD_DIM];
 
+/// Sixteen values from `p` (of f16 when `H`, else of f32) as f32.
+///
+/// # Safety
+/// AVX-512F, and `p` valid for sixteen values of its type.
+#[inline(always)]
+unsafe fn load16<const H: bool>(p: *const u8) -> __m512 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if H {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        } else {
+            _mm512_loadu_ps(p.cast())
+        }
+    }
+}
+
+/// `k` and `v` point at the first element of `a.k` and `a.v`: f16 when `H`, else f32.
 #[target_feature(enable = "avx512f")]
-fn run<const C: usize>(
+fn run<const C: usize, const H: bool>(
     a: &Keys<'_>,
+    k: *const u8,
+    v: *const u8,
     qs: &[[f32; MAX_HEAD_DIM]; MAX_Q],
     acc: &mut [[f32; MAX_HEAD_DIM]; MAX_Q],
     l_out: &mut [f32; MAX_Q],
 ) {
     let nv = a.nv;
+    // Bytes per stored value.
+    let eb = if H { 2 } else { 4 };
     let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
     // Lanes past nv get an empty range, so they never hold a weight.
     let (mut lo_l, mut hi_l) = ([i32::MAX; 16], [0i32; 16]);
@@ -114,24 +145,24 @@ fn run<const C: usize>(
         let mut bm = neg_inf;
         for j in 0..cnt {
             let t = start + j;
-            // SAFETY: t < hi, so the row's d floats lie inside k (checked by `attend`).
-            let kr = unsafe { a.k.as_ptr().add(t * a.kw + a.off) };
+            // SAFETY: t < hi, so the row's d values lie inside k (checked by `attend`).
+            let kr = unsafe { k.add((t * a.kw + a.off) * eb) };
             // The rows are a KV head's slice of each cached position, a few to a page, which the
             // hardware prefetchers lose at every page: ask for this step's value row and the next
             // step's key row now, while this key is scored.
-            let ahead = a.k.as_ptr().wrapping_add((t + KEYS) * a.kw + a.off);
-            let vrow = a.v.as_ptr().wrapping_add(t * a.kw + a.off);
+            let ahead = k.wrapping_add(((t + KEYS) * a.kw + a.off) * eb);
+            let vrow = v.wrapping_add((t * a.kw + a.off) * eb);
             // Prefetches do not fault (the intrinsic is safe); the addresses are only hints.
-            for c in 0..C {
-                _mm_prefetch::<_MM_HINT_T0>(vrow.wrapping_add(16 * c).cast());
+            for line in (0..C * 16 * eb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(vrow.wrapping_add(line).cast());
                 if t + KEYS < a.hi {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * c).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
                 }
             }
             let mut kc = [_mm512_setzero_ps(); C];
             for (c, kv) in kc.iter_mut().enumerate() {
                 // SAFETY: 16·c + 16 <= d.
-                *kv = unsafe { _mm512_loadu_ps(kr.add(16 * c)) };
+                *kv = unsafe { load16::<H>(kr.add(16 * c * eb)) };
             }
             let mut prod = [_mm512_setzero_ps(); 16];
             for (x, pr) in prod.iter_mut().enumerate().take(nv) {
@@ -176,7 +207,7 @@ fn run<const C: usize>(
         for j in 0..KEYS {
             let pj = if j < cnt {
                 // SAFETY: start + j < hi, inside v (checked by `attend`).
-                rows[j] = unsafe { a.v.as_ptr().add((start + j) * a.kw + a.off) };
+                rows[j] = unsafe { v.add(((start + j) * a.kw + a.off) * eb) };
                 _mm512_maskz_mov_ps(valid[j], exp(_mm512_sub_ps(s[j], nm)))
             } else {
                 _mm512_setzero_ps()
@@ -202,8 +233,8 @@ fn run<const C: usize>(
                 for (j, &row) in rows.iter().enumerate() {
                     let mut vr = [_mm512_setzero_ps(); 4];
                     for (ci, v) in vr.iter_mut().enumerate().take(cw) {
-                        // SAFETY: each row pointer addresses at least d floats.
-                        *v = unsafe { _mm512_loadu_ps(row.add(16 * (c0 + ci))) };
+                        // SAFETY: each row pointer addresses at least d values (or zero bytes).
+                        *v = unsafe { load16::<H>(row.add(16 * (c0 + ci) * eb)) };
                     }
                     for (xi, trow) in tile.iter_mut().enumerate().take(xw) {
                         let b = _mm512_set1_ps(p[j][x0 + xi]);
@@ -291,8 +322,8 @@ mod tests {
             scale: 1.0,
             nv: 5,
             d,
-            k: &k,
-            v: &v,
+            k: Kv::F32(&k),
+            v: Kv::F32(&v),
             kw,
             off,
             ranges: &ranges,

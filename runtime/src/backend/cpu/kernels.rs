@@ -5,8 +5,10 @@
 //! neighbouring query rows and, per KV head, scores all their heads of that KV head against each
 //! key row as it passes, so keys and values are read once per block instead of once per head and
 //! row. Head sizes that are multiples of 16 run the AVX-512 loop of `attend512` where the CPU has
-//! it; the loop here is the portable path.
+//! it; the loop here is the portable path. Keys and values are read as stored ([`Kv`]): f32, or
+//! the f16 of a half-size KV cache, widened to f32 as they are read.
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::simd::{self, axpy, dot as dot_f32};
@@ -86,10 +88,39 @@ fn key_range(mask: &Mask<'_>, i: usize) -> std::ops::Range<usize> {
 /// Query vectors (query rows x the heads of one KV head) scored together against each key.
 pub(super) const MAX_Q: usize = 16;
 
+/// Key or value rows as stored: f32 activations or cache, or an f16 cache.
+#[derive(Clone, Copy)]
+pub(super) enum Kv<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl Kv<'_> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Kv::F32(x) => x.len(),
+            Kv::F16(x) => x.len(),
+        }
+    }
+
+    /// The `d` values from element `at` as f32: in place, or widened into `buf`.
+    fn row<'b>(&'b self, at: usize, d: usize, buf: &'b mut [f32; MAX_HEAD_DIM]) -> &'b [f32] {
+        match self {
+            Kv::F32(x) => &x[at..at + d],
+            Kv::F16(x) => {
+                for (o, h) in buf.iter_mut().zip(&x[at..at + d]) {
+                    *o = h.to_f32();
+                }
+                &buf[..d]
+            }
+        }
+    }
+}
+
 pub(super) fn attention(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: Kv<'_>,
+    v: Kv<'_>,
     out: &mut [f32],
     shape: AttnShape,
     mask: &Mask<'_>,
@@ -162,8 +193,8 @@ pub(super) fn attention(
 #[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: Kv<'_>,
+    v: Kv<'_>,
     o: &mut [f32],
     base: usize,
     shape: AttnShape,
@@ -218,11 +249,12 @@ fn attend(
         }
     }
     let mut scores = [[f32::NEG_INFINITY; KEY_BLOCK]; MAX_Q];
+    let mut row = [0f32; MAX_HEAD_DIM];
     let mut start = lo;
     while start < hi {
         let end = (start + KEY_BLOCK).min(hi);
         for t in start..end {
-            let kr = &k[t * kw + off..t * kw + off + d];
+            let kr = k.row(t * kw + off, d, &mut row);
             for x in 0..nv {
                 let (i, h) = vecs(x);
                 scores[x][t - start] = if ranges[x].0 <= t && t < ranges[x].1 {
@@ -251,7 +283,7 @@ fn attend(
             m[x] = nm;
         }
         for t in start..end {
-            let vr = &v[t * kw + off..t * kw + off + d];
+            let vr = v.row(t * kw + off, d, &mut row);
             for x in 0..nv {
                 let p = scores[x][t - start];
                 if p > 0.0 {

@@ -35,13 +35,29 @@ mod spin;
 
 use std::sync::Arc;
 
-use super::{AttnShape, Backend, BackendError, Mask, WorkspaceSpec};
+use super::{AttnShape, Backend, BackendError, CacheType, Mask, WorkspaceSpec};
 use crate::gguf::GgufFile;
 use crate::quant::{dequantize_row, GgmlType};
 
 /// Activations of the CPU backend.
 #[derive(Debug, Clone, Default)]
 pub struct CpuBuffer(pub(crate) Vec<f32>);
+
+/// A KV cache of the CPU backend, in the element type it was allocated with.
+#[derive(Debug, Clone)]
+pub enum CpuCache {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl CpuCache {
+    fn view(&self) -> kernels::Kv<'_> {
+        match self {
+            CpuCache::F32(x) => kernels::Kv::F32(x),
+            CpuCache::F16(x) => kernels::Kv::F16(x),
+        }
+    }
+}
 
 /// Where a matrix's encoded rows live.
 enum MatrixData {
@@ -217,6 +233,7 @@ impl Backend for CpuBackend {
     type Buffer = CpuBuffer;
     type Matrix = CpuMatrix;
     type Workspace = CpuWorkspace;
+    type Cache = CpuCache;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -420,7 +437,51 @@ impl Backend for CpuBackend {
         shape: AttnShape,
         mask: &Mask<'_>,
     ) {
-        self.install(|| kernels::attention(&q.0, &k.0, &v.0, &mut out.0, shape, mask));
+        self.install(|| {
+            let (k, v) = (kernels::Kv::F32(&k.0), kernels::Kv::F32(&v.0));
+            kernels::attention(&q.0, k, v, &mut out.0, shape, mask)
+        });
+    }
+
+    fn alloc_cache(&self, rows: usize, dim: usize, ty: CacheType) -> CpuCache {
+        match ty {
+            CacheType::F32 => CpuCache::F32(vec![0.0; rows * dim]),
+            CacheType::F16 => CpuCache::F16(vec![half::f16::ZERO; rows * dim]),
+        }
+    }
+
+    fn store_rows(
+        &self,
+        src: &CpuBuffer,
+        dst: &mut CpuCache,
+        row: usize,
+        count: usize,
+        dim: usize,
+    ) {
+        let src = &src.0[..count * dim];
+        let at = row * dim..(row + count) * dim;
+        match dst {
+            CpuCache::F32(d) => d[at].copy_from_slice(src),
+            CpuCache::F16(d) => {
+                // Round to nearest even, as llama.cpp's and torch's conversions do.
+                for (o, &x) in d[at].iter_mut().zip(src) {
+                    *o = half::f16::from_f32(x);
+                }
+            }
+        }
+    }
+
+    fn cached_attention(
+        &self,
+        _ws: &mut CpuWorkspace,
+        q: &CpuBuffer,
+        k: &CpuCache,
+        v: &CpuCache,
+        out: &mut CpuBuffer,
+        shape: AttnShape,
+        mask: &Mask<'_>,
+    ) {
+        self.install(|| kernels::attention(&q.0, k.view(), v.view(), &mut out.0, shape, mask));
     }
 
     fn swiglu(&self, gate: &mut CpuBuffer, up: &CpuBuffer, len: usize) {

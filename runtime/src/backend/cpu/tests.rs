@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::backend::{AttnShape, Mask};
+use crate::backend::{AttnShape, CacheType, Mask};
 use crate::gguf::{GgufFile, GgufWriter, OwnedValue, PendingTensor};
 use crate::quant::quantize::quantize_to_vec;
 
@@ -212,6 +212,76 @@ fn attention_over_a_long_cache_matches_the_naive_formula() {
         assert!(
             err < 2e-5,
             "{n} rows after {past}, {heads}/{kv_heads} heads of {d}: off by {err}"
+        );
+    }
+}
+
+/// An f16 cache is read as the f32 cache of its rounded values would be, bit for bit: in the
+/// AVX-512 loop (head sizes 128 and 80) and in the portable one (24, not a multiple of 16). Rows
+/// are stored in two calls, so the second lands at its offset. The rounding moves the result
+/// (it is not an f32 cache under another name), by about f16's precision.
+#[test]
+fn an_f16_cache_attends_as_an_f32_cache_of_its_rounded_values() {
+    let b = CpuBackend::new(Some(2)).unwrap();
+    for (n, past, heads, kv_heads, d) in [
+        (1, 600, 16, 2, 128),
+        (3, 203, 16, 2, 128),
+        (1, 77, 4, 2, 80),
+        (2, 45, 4, 2, 24),
+    ] {
+        let (rows, kv) = (past + n, kv_heads * d);
+        let s = AttnShape {
+            n_q: n,
+            n_kv: rows,
+            heads,
+            kv_heads,
+            head_dim: d,
+        };
+        let q: Vec<f32> = rand_vec(n * heads * d, 21)
+            .iter()
+            .map(|x| x * 4.0)
+            .collect();
+        let k = rand_vec(rows * kv, 22);
+        let v = rand_vec(rows * kv, 23);
+        let round = |x: &[f32]| -> Vec<f32> {
+            x.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+        };
+        let cache = |x: &[f32], ty: CacheType| {
+            let mut c = b.alloc_cache(rows + 5, kv, ty);
+            let split = rows / 3;
+            b.store_rows(&CpuBuffer(x[..split * kv].to_vec()), &mut c, 0, split, kv);
+            let rest = CpuBuffer(x[split * kv..].to_vec());
+            b.store_rows(&rest, &mut c, split, rows - split, kv);
+            c
+        };
+        let mut ws = b.workspace(WorkspaceSpec {
+            rows: n,
+            cols: heads * d,
+            keys: rows,
+            heads,
+        });
+        let mask = Mask::Causal { past };
+        let mut attend = |k: &CpuCache, v: &CpuCache| {
+            let mut out = b.alloc(n * heads * d);
+            b.cached_attention(&mut ws, &CpuBuffer(q.clone()), k, v, &mut out, s, &mask);
+            out.0
+        };
+        let half = attend(&cache(&k, CacheType::F16), &cache(&v, CacheType::F16));
+        let rounded = attend(
+            &cache(&round(&k), CacheType::F32),
+            &cache(&round(&v), CacheType::F32),
+        );
+        let exact = attend(&cache(&k, CacheType::F32), &cache(&v, CacheType::F32));
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&half), bits(&rounded), "{n} rows after {past}, d {d}");
+        let moved = half
+            .iter()
+            .zip(&exact)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            moved > 0.0 && moved < 2e-3,
+            "{n} rows after {past}, d {d}: f16 moved the result by {moved}"
         );
     }
 }
