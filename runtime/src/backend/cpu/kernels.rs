@@ -96,6 +96,7 @@ pub(super) enum Kv<'a> {
 }
 
 impl Kv<'_> {
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn len(&self) -> usize {
         match self {
             Kv::F32(x) => x.len(),
