@@ -71,12 +71,14 @@ pub(super) fn attend(
     }
     macro_rules! by_chunks {
         ($($c:literal)*) => {
-            match (a.d / 16, half) {
+            match (a.d / 16, half, a.nv <= 8) {
                 // SAFETY: AVX-512F detected above; d = 16·C <= MAX_HEAD_DIM, nv <= MAX_Q and every
                 // key row read (t < hi) lies inside k and v, whose elements are f16 exactly when
                 // `half`, as checked above.
-                $(($c, false) => unsafe { run::<$c, false>(a, k, v, &qs, acc, l) },
-                  ($c, true) => unsafe { run::<$c, true>(a, k, v, &qs, acc, l) },)*
+                $(($c, false, true) => unsafe { run::<$c, false, 8, 2>(a, k, v, &qs, acc, l) },
+                  ($c, false, false) => unsafe { run::<$c, false, 16, 1>(a, k, v, &qs, acc, l) },
+                  ($c, true, true) => unsafe { run::<$c, true, 8, 2>(a, k, v, &qs, acc, l) },
+                  ($c, true, false) => unsafe { run::<$c, true, 16, 1>(a, k, v, &qs, acc, l) },)*
                 _ => unreachable!("d is a multiple of 16 up to MAX_HEAD_DIM"),
             }
         };
@@ -106,9 +108,10 @@ unsafe fn load16<const H: bool>(p: *const u8) -> __m512 {
     }
 }
 
-/// `k` and `v` point at the first element of `a.k` and `a.v`: f16 when `H`, else f32.
+/// `k` and `v` point at the first element of `a.k` and `a.v`: f16 when `H`, else f32. Keys are
+/// scored `T` at a time for up to `P` vectors (`P·T = 16`, `nv <= P`).
 #[target_feature(enable = "avx512f")]
-fn run<const C: usize, const H: bool>(
+fn run<const C: usize, const H: bool, const P: usize, const T: usize>(
     a: &Keys<'_>,
     k: *const u8,
     v: *const u8,
@@ -120,6 +123,8 @@ fn run<const C: usize, const H: bool>(
     // Bytes per stored value.
     let eb = if H { 2 } else { 4 };
     let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    // Lane x: x, the first index of a permute taking key i's scores from lanes i·P + x.
+    let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     // Lanes past nv get an empty range, so they never hold a weight.
     let (mut lo_l, mut hi_l) = ([i32::MAX; 16], [0i32; 16]);
     for x in 0..nv {
@@ -143,44 +148,59 @@ fn run<const C: usize, const H: bool>(
         let mut s = [neg_inf; KEYS];
         let mut valid = [0u16; KEYS];
         let mut bm = neg_inf;
-        for j in 0..cnt {
-            let t = start + j;
-            // SAFETY: t < hi, so the row's d values lie inside k (checked by `attend`).
-            let kr = unsafe { k.add((t * a.kw + a.off) * eb) };
-            // The rows are a KV head's slice of each cached position, a few to a page, which the
-            // hardware prefetchers lose at every page: ask for this step's value row and the next
-            // step's key row now, while this key is scored.
-            let ahead = k.wrapping_add(((t + KEYS) * a.kw + a.off) * eb);
-            let vrow = v.wrapping_add((t * a.kw + a.off) * eb);
-            // Prefetches do not fault (the intrinsic is safe); the addresses are only hints.
-            for line in (0..C * 16 * eb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(vrow.wrapping_add(line).cast());
-                if t + KEYS < a.hi {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+        // T keys at a time: each query chunk loaded feeds T products, and one sum tree makes the
+        // T·P scores (lane t·P + x: key t, vector x).
+        for j0 in (0..cnt).step_by(T) {
+            let mut rows = [ZERO_ROW.as_ptr(); T];
+            for (i, row) in rows.iter_mut().enumerate() {
+                let (j, t) = (j0 + i, start + j0 + i);
+                if j >= cnt {
+                    break;
                 }
-            }
-            let mut kc = [_mm512_setzero_ps(); C];
-            for (c, kv) in kc.iter_mut().enumerate() {
-                // SAFETY: 16·c + 16 <= d.
-                *kv = unsafe { load16::<H>(kr.add(16 * c * eb)) };
+                // SAFETY: t < hi, so the row's d values lie inside k (checked by `attend`).
+                *row = unsafe { k.add((t * a.kw + a.off) * eb) };
+                // The rows are a KV head's slice of each cached position, a few to a page, which
+                // the hardware prefetchers lose at every page: ask for this step's value row and
+                // the next step's key row now, while this key is scored.
+                let ahead = k.wrapping_add(((t + KEYS) * a.kw + a.off) * eb);
+                let vrow = v.wrapping_add((t * a.kw + a.off) * eb);
+                // Prefetches do not fault (the intrinsic is safe); the addresses are only hints.
+                for line in (0..C * 16 * eb).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(vrow.wrapping_add(line).cast());
+                    if t + KEYS < a.hi {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                    }
+                }
             }
             let mut prod = [_mm512_setzero_ps(); 16];
-            for (x, pr) in prod.iter_mut().enumerate().take(nv) {
-                let q = qs[x].as_ptr();
-                // SAFETY: qs rows hold MAX_HEAD_DIM >= d floats.
-                unsafe {
-                    let mut sum = _mm512_mul_ps(kc[0], _mm512_loadu_ps(q));
-                    for (c, kv) in kc.iter().enumerate().skip(1) {
-                        sum = _mm512_fmadd_ps(*kv, _mm512_loadu_ps(q.add(16 * c)), sum);
+            for c in 0..C {
+                // SAFETY: 16·c + 16 <= d, inside each key row (or the zero row).
+                let kc: [__m512; T] =
+                    std::array::from_fn(|i| unsafe { load16::<H>(rows[i].add(16 * c * eb)) });
+                for x in 0..P {
+                    // Vectors past nv score rows of zeros (their lanes are masked off below);
+                    // a bound known at compile time keeps `prod` in registers.
+                    // SAFETY: qs rows hold MAX_HEAD_DIM >= d floats.
+                    let q = unsafe { _mm512_loadu_ps(qs[x].as_ptr().add(16 * c)) };
+                    for (i, kv) in kc.iter().enumerate() {
+                        prod[i * P + x] = _mm512_fmadd_ps(*kv, q, prod[i * P + x]);
                     }
-                    *pr = sum;
                 }
             }
-            let tv = _mm512_set1_epi32(t as i32);
-            let ok = _mm512_cmple_epi32_mask(lo_v, tv) & _mm512_cmpgt_epi32_mask(hi_v, tv);
-            valid[j] = ok;
-            s[j] = _mm512_mask_mov_ps(neg_inf, ok, sum16(&prod));
-            bm = _mm512_max_ps(bm, s[j]);
+            let sums = sum16(&prod);
+            for i in 0..T.min(cnt - j0) {
+                let (j, t) = (j0 + i, start + j0 + i);
+                let sc = if T == 1 {
+                    sums
+                } else {
+                    _mm512_permutexvar_ps(_mm512_add_epi32(lane, _mm512_set1_epi32((i * P) as i32)), sums)
+                };
+                let tv = _mm512_set1_epi32(t as i32);
+                let ok = _mm512_cmple_epi32_mask(lo_v, tv) & _mm512_cmpgt_epi32_mask(hi_v, tv);
+                valid[j] = ok;
+                s[j] = _mm512_mask_mov_ps(neg_inf, ok, sc);
+                bm = _mm512_max_ps(bm, s[j]);
+            }
         }
         let nm = _mm512_max_ps(m, bm);
         // Lanes with no key yet keep a max of -inf; their sums are still zero, so they need no
