@@ -1,7 +1,8 @@
 //! Many-row matrix products as prefill and the vision tower run them, through the CPU backend's
 //! `matmul` on memory-mapped GGUF weights, with the kernel the backend picks on this CPU (the AMX
-//! bf16 tiles; without AMX the int8 VNNI kernel for quantized weights and the AVX-512 BF16 one
-//! for half-precision weights) and with the f32 kernel they replace, in the same run: the ratio of
+//! bf16 tiles; without AMX the int8 VNNI kernel for quantized weights and, on AMD, the AVX-512
+//! BF16 one for half-precision weights, which `ANATOMY_BF16=1` times on other CPUs that have it)
+//! and with the f32 kernel they replace, in the same run: the ratio of
 //! the two is the figure to read (the machines are noisy; absolute rates move between runs). On a
 //! CPU with none of them only the f32 rows run.
 //!

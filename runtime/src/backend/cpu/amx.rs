@@ -58,11 +58,20 @@ pub(super) fn available() -> Option<Bf16> {
     on.then_some(Bf16(Engine::Tiles))
 }
 
-/// The same products on AVX-512 BF16 vectors, for CPUs without AMX, when the CPU has them and
-/// `ANATOMY_BF16` is not `0`.
+/// The same products on AVX-512 BF16 vectors, for CPUs without AMX, where the CPU has them and
+/// they beat the f32 kernel (`bf16::pays`: AMD); `ANATOMY_BF16=0` turns them off, `1` on
+/// wherever the CPU has them (to measure them against the f32 kernel on an Intel CPU).
 pub(super) fn avx512_bf16() -> Option<Bf16> {
-    let on = std::env::var("ANATOMY_BF16").map_or(true, |v| v.trim() != "0");
-    (on && super::bf16::available()).then_some(Bf16(Engine::Vectors))
+    let on = match std::env::var("ANATOMY_BF16") {
+        Ok(v) => v.trim() != "0",
+        Err(_) => super::bf16::pays(),
+    };
+    on.then(avx512_bf16_kernel).flatten()
+}
+
+/// The AVX-512 BF16 vectors wherever the CPU has them, whether or not they pay.
+pub(super) fn avx512_bf16_kernel() -> Option<Bf16> {
+    super::bf16::available().then_some(Bf16(Engine::Vectors))
 }
 
 /// `u16` values [`pack_activations`] writes for `n` rows of `k`.
@@ -500,9 +509,11 @@ mod tests {
             .map(|s| s.contains(" avx512_bf16"))
             .unwrap_or(false);
         if std::env::var("ANATOMY_BF16").is_err() {
-            assert_eq!(avx512_bf16().is_some(), has && cfg!(target_arch = "x86_64"));
+            let pays = super::super::bf16::pays();
+            assert_eq!(avx512_bf16().is_some(), has && pays);
         }
-        let Some(vectors) = avx512_bf16() else {
+        // The kernel is checked wherever the CPU has it, used by default or not.
+        let Some(vectors) = avx512_bf16_kernel() else {
             eprintln!("no AVX-512 BF16 on this CPU: the vector kernel is not exercised here");
             return;
         };

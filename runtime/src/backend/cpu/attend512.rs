@@ -193,7 +193,10 @@ fn run<const C: usize, const H: bool, const P: usize, const T: usize>(
                 let sc = if T == 1 {
                     sums
                 } else {
-                    _mm512_permutexvar_ps(_mm512_add_epi32(lane, _mm512_set1_epi32((i * P) as i32)), sums)
+                    _mm512_permutexvar_ps(
+                        _mm512_add_epi32(lane, _mm512_set1_epi32((i * P) as i32)),
+                        sums,
+                    )
                 };
                 let tv = _mm512_set1_epi32(t as i32);
                 let ok = _mm512_cmple_epi32_mask(lo_v, tv) & _mm512_cmpgt_epi32_mask(hi_v, tv);

@@ -171,8 +171,9 @@ impl CpuBackend {
     }
 
     /// The same backend with the AVX-512 BF16 kernel for many-row products (used without AMX for
-    /// every weight type but F32 that the int8 kernel does not take, where the CPU has it;
-    /// `ANATOMY_BF16=0` turns the default off process-wide). Off, they run the f32 kernel.
+    /// every weight type but F32 that the int8 kernel does not take, where the CPU has it and it
+    /// beats the f32 kernel, as on AMD; `ANATOMY_BF16=0` turns the default off process-wide, `1`
+    /// on wherever the CPU has it). Off, they run the f32 kernel.
     pub fn with_avx512_bf16(mut self, on: bool) -> Self {
         self.avx512_bf16 = if on { amx::avx512_bf16() } else { None };
         self

@@ -473,7 +473,7 @@ fn every_switch_to_the_many_row_kernels_is_above_a_lookup_pass() {
     let rows = crate::model::text::ALL_LOGITS_ROWS;
     let kernels = [ManyRows::F32, ManyRows::Int8]
         .into_iter()
-        .chain(amx::avx512_bf16().map(ManyRows::Bf16));
+        .chain(amx::avx512_bf16_kernel().map(ManyRows::Bf16));
     for kernel in kernels {
         for t in [
             GgmlType::F32,
