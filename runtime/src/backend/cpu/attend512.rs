@@ -5,8 +5,10 @@
 //! sum and every weight in a scalar `exp`; at the 512+ positions of a question about an image that
 //! made attention a tenth of a decoded token's time, several times what reading the KV cache costs.
 //! Here each key's products with all query vectors are summed together by one transpose-and-add
-//! tree (16 sums in 15 vector adds), the softmax runs with the query vectors in the lanes (one
-//! vector `exp` per key), and values are accumulated 16 keys at a time from registers. Rows of an
+//! tree (16 sums in 15 vector adds; for up to 8 vectors, as in a decode step, one tree sums two
+//! keys' products, and each query chunk loaded feeds both), the softmax runs with the query
+//! vectors in the lanes (one vector `exp` per key), and values are accumulated 16 keys at a time
+//! from registers. Rows of an
 //! f16 cache are widened sixteen values at a time as they are loaded (`vcvtph2ps`).
 
 use std::arch::x86_64::*;

@@ -464,9 +464,11 @@ impl Backend for CpuBackend {
         match dst {
             CpuCache::F32(d) => d[at].copy_from_slice(src),
             CpuCache::F16(d) => {
-                // Round to nearest even, as llama.cpp's and torch's conversions do.
+                // Round to nearest even, as llama.cpp's and torch's conversions do; a value past
+                // f16's range keeps its sign at the largest finite one, since an infinite key
+                // would turn the softmax into NaN.
                 for (o, &x) in d[at].iter_mut().zip(src) {
-                    *o = half::f16::from_f32(x);
+                    *o = half::f16::from_f32(x.clamp(-65504.0, 65504.0));
                 }
             }
         }

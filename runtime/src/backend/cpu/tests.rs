@@ -216,6 +216,30 @@ fn attention_over_a_long_cache_matches_the_naive_formula() {
     }
 }
 
+/// Values past f16's range are stored as its largest finite value with their sign (an infinite key
+/// would make the softmax NaN); the rest round to nearest even.
+#[test]
+fn an_f16_cache_saturates_instead_of_overflowing() {
+    let b = CpuBackend::new(Some(1)).unwrap();
+    let mut c = b.alloc_cache(2, 3, CacheType::F16);
+    let src = CpuBuffer(vec![1e6, -7e4, 65519.0, 1.0 + 1.0 / 4096.0, -0.5, 3.0e-8]);
+    b.store_rows(&src, &mut c, 0, 2, 3);
+    let CpuCache::F16(v) = c else {
+        panic!("an f16 cache holds f16");
+    };
+    let got: Vec<f32> = v.iter().map(|h| h.to_f32()).collect();
+    // 1 + 2^-12 is a quarter of f16's step above 1: it rounds to 1.
+    let want = [
+        65504.0,
+        -65504.0,
+        65504.0,
+        1.0,
+        -0.5,
+        half::f16::from_f32(3.0e-8).to_f32(),
+    ];
+    assert_eq!(got, want);
+}
+
 /// An f16 cache is read as the f32 cache of its rounded values would be, bit for bit: in the
 /// AVX-512 loop (head sizes 128 and 80) and in the portable one (24, not a multiple of 16). Rows
 /// are stored in two calls, so the second lands at its offset. The rounding moves the result
