@@ -56,6 +56,16 @@ fn load_with(cache: AnatomyCacheType) -> *mut AnatomyModel {
     m
 }
 
+/// HF's 16 greedy tokens for the fixture question.
+fn greedy_tokens() -> Vec<u32> {
+    reference()["greedy_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
 fn session(m: *const AnatomyModel) -> *mut AnatomySession {
     let mut s = null_mut();
     // SAFETY: live model, valid out pointer.
@@ -401,12 +411,7 @@ fn ask_errors() {
 fn an_f16_cache_keeps_hf_greedy_tokens() {
     let m = load_with(AnatomyCacheType::F16);
     let s = session(m);
-    let want: Vec<u32> = reference()["greedy_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let want = greedy_tokens();
     let png = png();
     let (st, r) = ask(
         s,
@@ -430,12 +435,7 @@ fn an_f16_cache_keeps_hf_greedy_tokens() {
 fn greedy_answer_matches_hf() {
     let m = load();
     let s = session(m);
-    let want: Vec<u32> = reference()["greedy_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let want = greedy_tokens();
 
     extern "C-unwind" fn collect(piece: *const c_char, user: *mut c_void) -> c_int {
         // SAFETY: `user` is the `String` passed below; `piece` is NUL-terminated.

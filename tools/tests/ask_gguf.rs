@@ -60,6 +60,32 @@ fn ask(lm: &Path, mm: &Path, image: &Path, extra: &[&str]) -> Output {
     anatomy(&args)
 }
 
+/// `anatomy bench --json` of a 4-token prompt and 2 generated tokens, once, with `extra` flags.
+fn short_bench(lm: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["bench".as_ref(), "--model".as_ref(), lm.as_ref()];
+    for a in [
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+    ]
+    .iter()
+    .chain(extra)
+    {
+        args.push(a.as_ref());
+    }
+    let out = anatomy(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn fails_cleanly(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -336,29 +362,10 @@ fn an_f16_cache_answers_the_same_and_bench_reports_it() {
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["token_ids"], reference["greedy_tokens"], "{got}");
 
-    let bench = |cache: &str| {
-        let out = anatomy(&[
-            "bench".as_ref(),
-            "--model".as_ref(),
-            lm.as_os_str(),
-            "--prompt-tokens".as_ref(),
-            "4".as_ref(),
-            "--gen-tokens".as_ref(),
-            "2".as_ref(),
-            "--reps".as_ref(),
-            "1".as_ref(),
-            "--cache-type".as_ref(),
-            cache.as_ref(),
-            "--json".as_ref(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
-    let (full, half) = (bench("f32"), bench("f16"));
+    let (full, half) = (
+        short_bench(&lm, &["--cache-type", "f32"]),
+        short_bench(&lm, &["--cache-type", "f16"]),
+    );
     assert_eq!(full["cache_type"], "f32");
     assert_eq!(half["cache_type"], "f16");
     let bytes = |v: &serde_json::Value| v["kv_cache_bytes"].as_u64().unwrap();
@@ -398,27 +405,7 @@ fn no_mmap_answers_the_same_and_bench_reports_it() {
     assert!(!mapped.as_array().unwrap().is_empty());
     assert_eq!(ids(&["--no-mmap"]), mapped);
 
-    let out = anatomy(&[
-        "bench".as_ref(),
-        "--model".as_ref(),
-        lm.as_os_str(),
-        "--prompt-tokens".as_ref(),
-        "4".as_ref(),
-        "--gen-tokens".as_ref(),
-        "2".as_ref(),
-        "--reps".as_ref(),
-        "1".as_ref(),
-        "--threads".as_ref(),
-        "2".as_ref(),
-        "--no-mmap".as_ref(),
-        "--json".as_ref(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = short_bench(&lm, &["--threads", "2", "--no-mmap"]);
     assert_eq!(got["mmap"], false, "{got}");
     for k in [
         "decode_tok_s",
