@@ -60,6 +60,25 @@ fn ask(lm: &Path, mm: &Path, image: &Path, extra: &[&str]) -> Output {
     anatomy(&args)
 }
 
+/// The 16 token ids `ask --json` gives the `square` fixture's question about its image, with
+/// `extra` flags.
+fn square_token_ids(lm: &Path, mm: &Path, extra: &[&str]) -> serde_json::Value {
+    let dir = case_dir("square");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    let mut args = vec!["--max-tokens", "16"];
+    args.extend_from_slice(extra);
+    args.push(reference["question"].as_str().unwrap());
+    let out = ask(lm, mm, &dir.join("image.png"), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    got["token_ids"].clone()
+}
+
 /// `anatomy bench --json` of a 4-token prompt and 2 generated tokens, once, with `extra` flags.
 fn short_bench(lm: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args: Vec<&std::ffi::OsStr> = vec!["bench".as_ref(), "--model".as_ref(), lm.as_ref()];
@@ -343,24 +362,11 @@ fn tokenize_prints_ids_as_json() {
 fn an_f16_cache_answers_the_same_and_bench_reports_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (lm, mm) = convert(tmp.path());
-    let dir = case_dir("square");
     let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-    let q = reference["question"].as_str().unwrap();
-    let image = dir.join("image.png");
-    let out = ask(
-        &lm,
-        &mm,
-        &image,
-        &["--max-tokens", "16", "--cache-type", "f16", q],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(got["token_ids"], reference["greedy_tokens"], "{got}");
+        serde_json::from_slice(&std::fs::read(case_dir("square").join("reference.json")).unwrap())
+            .unwrap();
+    let got = square_token_ids(&lm, &mm, &["--cache-type", "f16"]);
+    assert_eq!(got, reference["greedy_tokens"]);
 
     let (full, half) = (
         short_bench(&lm, &["--cache-type", "f32"]),
@@ -383,24 +389,7 @@ fn an_f16_cache_answers_the_same_and_bench_reports_it() {
 fn no_mmap_answers_the_same_and_bench_reports_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (lm, mm) = convert(tmp.path());
-    let dir = case_dir("square");
-    let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-    let q = reference["question"].as_str().unwrap();
-    let image = dir.join("image.png");
-    let ids = |extra: &[&str]| {
-        let mut args = vec!["--max-tokens", "16"];
-        args.extend_from_slice(extra);
-        args.push(q);
-        let out = ask(&lm, &mm, &image, &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        got["token_ids"].clone()
-    };
+    let ids = |extra: &[&str]| square_token_ids(&lm, &mm, extra);
     let mapped = ids(&[]);
     assert!(!mapped.as_array().unwrap().is_empty());
     assert_eq!(ids(&["--no-mmap"]), mapped);
