@@ -231,9 +231,8 @@ impl<B: Backend> Model<B> {
 
     /// Bytes of one session's KV cache: keys and values of every layer for the whole context.
     pub fn cache_bytes(&self) -> u64 {
-        let p = &self.text.p;
-        let kv = (p.embedding_length / p.head_count.max(1) * p.head_count_kv) as u64;
-        2 * p.block_count as u64 * self.context as u64 * kv * self.cache_type.bytes() as u64
+        let (layers, kv) = (self.text.p.block_count as u64, self.text.kv_dim() as u64);
+        2 * layers * self.context as u64 * kv * self.cache_type.bytes() as u64
     }
 
     pub fn has_vision(&self) -> bool {

@@ -69,7 +69,8 @@ impl<B: Backend> TextModel<B> {
         self.p.embedding_length / self.p.head_count
     }
 
-    fn kv_dim(&self) -> usize {
+    /// Values per token of one layer's keys (or values).
+    pub fn kv_dim(&self) -> usize {
         self.head_dim() * self.p.head_count_kv
     }
 

@@ -9,6 +9,7 @@
 //! the f16 of a half-size KV cache, widened to f32 as they are read.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::simd::{self, axpy, dot as dot_f32};
@@ -109,9 +110,7 @@ impl Kv<'_> {
         match self {
             Kv::F32(x) => &x[at..at + d],
             Kv::F16(x) => {
-                for (o, h) in buf.iter_mut().zip(&x[at..at + d]) {
-                    *o = h.to_f32();
-                }
+                x[at..at + d].convert_to_f32_slice(&mut buf[..d]);
                 &buf[..d]
             }
         }
