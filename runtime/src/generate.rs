@@ -185,6 +185,16 @@ pub fn question_text_in(
     Ok(s)
 }
 
+/// Bytes of mapped files this process maps with huge-page entries (`FilePmdMapped` of
+/// `/proc/self/smaps_rollup`), `None` where the kernel does not say. Decode streams every weight
+/// once per token, and a map of 4 KiB pages misses the TLB on each of them, so this tells whether
+/// a mapped model's weights sit on huge pages (see [`crate::gguf::map_readonly`]).
+pub fn file_huge_page_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let l = s.lines().find(|l| l.starts_with("FilePmdMapped:"))?;
+    Some(l.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
 /// Peak resident memory of this process (`VmHWM`), 0 where unavailable.
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")

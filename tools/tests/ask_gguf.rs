@@ -381,6 +381,10 @@ fn an_f16_cache_answers_the_same_and_bench_reports_it() {
         half["decode_tok_s"].as_f64().is_some_and(|v| v > 0.0),
         "{half}"
     );
+    // Linux says how much of the maps sits on huge pages (the tiny files fit in none).
+    if cfg!(target_os = "linux") {
+        assert!(full["file_huge_page_bytes"].is_u64(), "{full}");
+    }
 }
 
 /// `--no-mmap` reads the files into memory and answers with HF's tokens all the same; `bench

@@ -6,6 +6,8 @@
 //! - `reader`: [`GgufFile`], the parsed header over the map; tensors as [`TensorView`]s.
 //! - `writer`: [`GgufWriter`], metadata and tensor infos up front, data streamed tensor by tensor
 //!   into a temporary file renamed into place at the end.
+//! - `chunks`: the writer's output buffer, which writes whole 4 MiB chunks (so the page cache
+//!   holds a new file in folios a map can put on huge pages).
 //! - `qwen2vl`: typed accessors for the two files of a Qwen2.5-VL deployment (`qwen2vl` language
 //!   model and `clip` vision projector) with required-key and tensor-shape checks.
 //!
@@ -13,6 +15,7 @@
 //! owned structures sized by the file's counts, while we need borrowed views into the map and a
 //! bound on every allocation taken from the file.
 
+mod chunks;
 mod cursor;
 pub mod error;
 pub mod qwen2vl;

@@ -262,11 +262,24 @@ pub(crate) fn huge_anon(len: usize) -> std::io::Result<memmap2::MmapMut> {
 
 /// Maps a model file read-only. The one place the project maps files, so the converter's reading of
 /// safetensors checkpoints shares this contract instead of carrying its own `unsafe`.
+///
+/// On Linux the map is advised onto huge pages: the page cache then reads what the map faults in
+/// as 2 MiB folios, which the map enters with huge-page entries, where it would otherwise ramp
+/// its folios up from 4 KiB as readahead grows. Measured on a 2-vCPU Xeon (Linux 6.18, ext4),
+/// after dropping the page cache and decoding once: 1.83 GB of the 1.93 GB 3B Q4_K_M file in
+/// 2 MiB folios with the advice, 0.60 GB without; a decode of the file in small folios missed the
+/// TLB on every 4 KiB page and reached 80-81% of the bandwidth bound, 86-87% in large ones.
+/// Pages already cached stay as they are (ext4 cannot collapse them: `MADV_COLLAPSE` is refused),
+/// which is why [`super::writer::GgufWriter`] writes whole 4 MiB chunks. Refused advice leaves
+/// the map as it was: slower, still right.
 pub fn map_readonly(file: &std::fs::File) -> std::io::Result<Mmap> {
     // SAFETY: the map is read-only and we never hand out `&mut`; the remaining hazard, another
     // process truncating or rewriting the file while it is mapped, is inherent to memory-mapped
     // model files (llama.cpp has the same contract) and documented on `GgufFile`.
-    unsafe { Mmap::map(file) }
+    let map = unsafe { Mmap::map(file) }?;
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    Ok(map)
 }
 
 /// Parses and validates a whole GGUF header from `bytes` (the fuzz entry point). `path` only

@@ -5,7 +5,9 @@
 //! never see a half-written file.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
+
+use super::chunks::ChunkWriter;
 use std::path::{Path, PathBuf};
 
 use super::error::GgufError;
@@ -126,7 +128,7 @@ impl PendingTensor {
 pub struct GgufWriter {
     path: PathBuf,
     tmp: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: Option<ChunkWriter<File>>,
     tensors: Vec<(PendingTensor, u64)>,
     next: usize,
     alignment: u64,
@@ -227,7 +229,7 @@ impl GgufWriter {
             path: tmp.display().to_string(),
             source,
         };
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io)?);
+        let mut out = ChunkWriter::new(File::create(&tmp).map_err(io)?);
         out.write_all(&head).map_err(io)?;
         Ok(Self {
             path,
@@ -298,7 +300,7 @@ impl GgufWriter {
             source,
         };
         if let Some(out) = self.out.take() {
-            let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+            let file = out.finish().map_err(io)?;
             file.sync_all().map_err(io)?;
         }
         std::fs::rename(&self.tmp, &self.path).map_err(io)?;

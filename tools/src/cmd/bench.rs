@@ -13,13 +13,14 @@
 //! fraction is the time the bound would have taken for its tokens over the time they took. The
 //! fractions are medians over repetitions; `read_bandwidth_gb_s` and `decode_bound_tok_s` are the
 //! probes' median, and `read_bandwidth_min_gb_s` / `read_bandwidth_max_gb_s` their range, which
-//! shows how far the machine drifted during the run.
+//! shows how far the machine drifted during the run. `file_huge_page_bytes` says how much of the
+//! mapped files sits on huge pages at the end: a mapped model on 4 KiB pages decodes slower.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anatomy_runtime::backend::CacheType;
-use anatomy_runtime::generate::{peak_rss_bytes, ImageInput};
+use anatomy_runtime::generate::{file_huge_page_bytes, peak_rss_bytes, ImageInput};
 use anatomy_runtime::gguf::Residence;
 use anatomy_runtime::{Model, ModelOptions};
 use anyhow::{bail, Context, Result};
@@ -213,6 +214,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "decode_fraction_of_bound": median(frac),
         "decode_after_prompt_fraction_of_bound": median(frac_after),
         "peak_rss_bytes": peak_rss_bytes(),
+        "file_huge_page_bytes": file_huge_page_bytes(),
     });
     if args.json {
         println!("{out}");
