@@ -4,9 +4,9 @@
 //! Why not `BufWriter`: the page cache keeps a written file in folios no larger than the writes
 //! that made them (Linux 6.x on ext4: 4 MiB writes left a 1.9 GB file in 2 MiB folios, the 1 MiB
 //! writes of a `BufWriter` in smaller ones). Only 2 MiB folios can be mapped with huge-page
-//! entries, and decoding from a map of small ones missed the TLB on every 4 KiB page: on a
-//! 2-vCPU Xeon the 3B Q4_K_M decode reached 80-81% of the bandwidth bound from a freshly written
-//! file and 86-87% once the same file sat in 2 MiB folios. `BufWriter` also passes a write larger
+//! entries, and decoding from a map of small ones misses the TLB on every 4 KiB page: on a
+//! 2-vCPU Xeon the 3B Q4_K_M decode reached 74-75% of the bandwidth bound from a file written in
+//! 1 MiB pieces and 88-90% from the same bytes written in 4 MiB pieces (alternating runs). `BufWriter` also passes a write larger
 //! than its buffer straight through, at whatever offset it starts; this writer never does.
 
 use std::io::{self, Write};

@@ -267,8 +267,9 @@ pub(crate) fn huge_anon(len: usize) -> std::io::Result<memmap2::MmapMut> {
 /// as 2 MiB folios, which the map enters with huge-page entries, where it would otherwise ramp
 /// its folios up from 4 KiB as readahead grows. Measured on a 2-vCPU Xeon (Linux 6.18, ext4),
 /// after dropping the page cache and decoding once: 1.83 GB of the 1.93 GB 3B Q4_K_M file in
-/// 2 MiB folios with the advice, 0.60 GB without; a decode of the file in small folios missed the
-/// TLB on every 4 KiB page and reached 80-81% of the bandwidth bound, 86-87% in large ones.
+/// 2 MiB folios with the advice, 0.60 GB without. Decode from small folios misses the TLB on
+/// every 4 KiB page: 74-75% of the bandwidth bound against 88-90% from the same bytes in 2 MiB
+/// folios (see `chunks`).
 /// Pages already cached stay as they are (ext4 cannot collapse them: `MADV_COLLAPSE` is refused),
 /// which is why [`super::writer::GgufWriter`] writes whole 4 MiB chunks. Refused advice leaves
 /// the map as it was: slower, still right.
