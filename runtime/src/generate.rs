@@ -190,21 +190,19 @@ pub fn question_text_in(
 /// once per token, and a map of 4 KiB pages misses the TLB on each of them, so this tells whether
 /// a mapped model's weights sit on huge pages (see [`crate::gguf::map_readonly`]).
 pub fn file_huge_page_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
-    let l = s.lines().find(|l| l.starts_with("FilePmdMapped:"))?;
-    Some(l.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    proc_self_bytes("smaps_rollup", "FilePmdMapped:")
 }
 
 /// Peak resident memory of this process (`VmHWM`), 0 where unavailable.
 pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    proc_self_bytes("status", "VmHWM:").unwrap_or(0)
+}
+
+/// The `key` line of `/proc/self/<file>` (a figure in kB), in bytes.
+fn proc_self_bytes(file: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/{file}")).ok()?;
+    let l = s.lines().find(|l| l.starts_with(key))?;
+    Some(l.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 impl<B: Backend> Session<'_, B> {

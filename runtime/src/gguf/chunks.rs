@@ -32,9 +32,15 @@ impl<W: Write> ChunkWriter<W> {
 
     /// Writes what is buffered and returns the inner writer.
     pub(crate) fn finish(mut self) -> io::Result<W> {
+        self.drain()?;
+        Ok(self.inner)
+    }
+
+    /// Writes what is buffered; on an error it stays buffered.
+    fn drain(&mut self) -> io::Result<()> {
         self.inner.write_all(&self.buf)?;
         self.buf.clear();
-        Ok(self.inner)
+        Ok(())
     }
 }
 
@@ -43,8 +49,7 @@ impl<W: Write> Write for ChunkWriter<W> {
     /// is taken, so an error means that none of `data` was taken.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.buf.len() == CHUNK {
-            self.inner.write_all(&self.buf)?;
-            self.buf.clear();
+            self.drain()?;
         }
         let take = (CHUNK - self.buf.len()).min(data.len());
         self.buf.extend_from_slice(&data[..take]);
@@ -52,8 +57,7 @@ impl<W: Write> Write for ChunkWriter<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.write_all(&self.buf)?;
-        self.buf.clear();
+        self.drain()?;
         self.inner.flush()
     }
 }

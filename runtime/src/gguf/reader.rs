@@ -269,10 +269,9 @@ pub(crate) fn huge_anon(len: usize) -> std::io::Result<memmap2::MmapMut> {
 /// after dropping the page cache and decoding once: 1.83 GB of the 1.93 GB 3B Q4_K_M file in
 /// 2 MiB folios with the advice, 0.60 GB without. Decode from small folios misses the TLB on
 /// every 4 KiB page: 74-75% of the bandwidth bound against 88-90% from the same bytes in 2 MiB
-/// folios (see `chunks`).
-/// Pages already cached stay as they are (ext4 cannot collapse them: `MADV_COLLAPSE` is refused),
-/// which is why [`super::writer::GgufWriter`] writes whole 4 MiB chunks. Refused advice leaves
-/// the map as it was: slower, still right.
+/// folios (see `chunks`). Pages already cached stay as they are (ext4 cannot collapse them:
+/// `MADV_COLLAPSE` is refused), which is why [`super::writer::GgufWriter`] writes whole 4 MiB
+/// chunks. Refused advice leaves the map as it was: slower, still right.
 pub fn map_readonly(file: &std::fs::File) -> std::io::Result<Mmap> {
     // SAFETY: the map is read-only and we never hand out `&mut`; the remaining hazard, another
     // process truncating or rewriting the file while it is mapped, is inherent to memory-mapped

@@ -6,10 +6,9 @@
 
 use std::fs::File;
 use std::io::Write;
-
-use super::chunks::ChunkWriter;
 use std::path::{Path, PathBuf};
 
+use super::chunks::ChunkWriter;
 use super::error::GgufError;
 use super::value::ValueType;
 use super::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};

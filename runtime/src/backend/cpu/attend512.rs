@@ -8,8 +8,8 @@
 //! tree (16 sums in 15 vector adds; for up to 8 vectors, as in a decode step, one tree sums two
 //! keys' products, and each query chunk loaded feeds both), the softmax runs with the query
 //! vectors in the lanes (one vector `exp` per key), and values are accumulated 16 keys at a time
-//! from registers. Rows of an
-//! f16 cache are widened sixteen values at a time as they are loaded (`vcvtph2ps`).
+//! from registers. Rows of an f16 cache are widened sixteen values at a time as they are loaded
+//! (`vcvtph2ps`).
 
 use std::arch::x86_64::*;
 
