@@ -193,6 +193,42 @@ pub fn file_huge_page_bytes() -> Option<u64> {
     proc_self_bytes("smaps_rollup", "FilePmdMapped:")
 }
 
+/// Bytes of the file at `path` that this process maps with huge-page entries (`FilePmdMapped`
+/// summed over the maps of that file in `/proc/self/smaps`), `None` where the kernel does not say
+/// or the path does not resolve. [`file_huge_page_bytes`] counts every mapped file at once; this
+/// tells one model file's share, which is what decode speed follows: on the 2-vCPU Xeon VM a 3B
+/// Q4_K_M file with 1.63 of its 1.93 GB on huge pages decoded at 70% of the bandwidth bound where
+/// a fresh copy of it, all on huge pages, decoded at 86-88%.
+pub fn file_huge_page_bytes_of(path: &std::path::Path) -> Option<u64> {
+    let want = std::fs::canonicalize(path).ok()?;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    huge_page_bytes_in_smaps(&smaps, &want.to_string_lossy())
+}
+
+/// The `FilePmdMapped` figures of the maps of `path` in the text of an smaps file, in bytes;
+/// `None` when no map of `path` gives one.
+fn huge_page_bytes_in_smaps(smaps: &str, path: &str) -> Option<u64> {
+    let (mut ours, mut total) = (false, None::<u64>);
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        // A map's header: `start-end perms offset dev inode [path]`; its fields follow.
+        if first.split_once('-').is_some_and(|(a, b)| {
+            u64::from_str_radix(a, 16).is_ok() && u64::from_str_radix(b, 16).is_ok()
+        }) {
+            let mut rest = line;
+            for _ in 0..5 {
+                rest = rest.trim_start().split_once(' ').map_or("", |(_, r)| r);
+            }
+            ours = rest.trim() == path;
+        } else if ours && first == "FilePmdMapped:" {
+            let kb = f.next().and_then(|v| v.parse::<u64>().ok())?;
+            total = Some(total.unwrap_or(0) + kb * 1024);
+        }
+    }
+    total
+}
+
 /// Peak resident memory of this process (`VmHWM`), 0 where unavailable.
 pub fn peak_rss_bytes() -> u64 {
     proc_self_bytes("status", "VmHWM:").unwrap_or(0)
@@ -498,6 +534,62 @@ fn emit_valid(pending: &mut Vec<u8>, on_text: &mut dyn FnMut(&str) -> Flow) -> F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the maps of the named file count, each map's figure once, paths with spaces too, and
+    /// a file with no map (or a kernel without the field) gives `None`.
+    #[test]
+    fn huge_page_bytes_are_summed_over_the_named_files_maps() {
+        let smaps = "\
+7f0000000000-7f0000400000 r--s 00000000 fd:01 11    /models/lm.gguf
+Size:               4096 kB
+FilePmdMapped:      2048 kB
+7f0000400000-7f0000600000 r--s 00000000 fd:01 12    /models/lm.gguf.bak
+FilePmdMapped:      2048 kB
+7f0000600000-7f0000800000 r--s 00400000 fd:01 11    /models/lm.gguf
+FilePmdMapped:      1024 kB
+7f0000800000-7f0000a00000 r--s 00000000 fd:01 13    /models/my model.gguf
+FilePmdMapped:       512 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0     [stack]
+FilePmdMapped:         0 kB
+";
+        assert_eq!(
+            huge_page_bytes_in_smaps(smaps, "/models/lm.gguf"),
+            Some(3072 * 1024)
+        );
+        assert_eq!(
+            huge_page_bytes_in_smaps(smaps, "/models/my model.gguf"),
+            Some(512 * 1024)
+        );
+        assert_eq!(huge_page_bytes_in_smaps(smaps, "/models/other.gguf"), None);
+        let old_kernel =
+            "7f0000000000-7f0000400000 r--s 00000000 fd:01 11 /models/lm.gguf\nSize: 4096 kB\n";
+        assert_eq!(
+            huge_page_bytes_in_smaps(old_kernel, "/models/lm.gguf"),
+            None
+        );
+    }
+
+    /// A file this process maps and reads is found in the live smaps (the figure itself depends
+    /// on the kernel and the page cache), and a file it does not map is not.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_mapped_file_is_found_in_this_process_maps() {
+        let dir = std::env::temp_dir().join(format!("anatomy-smaps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mapped file.bin");
+        std::fs::write(&path, vec![7u8; 8 << 20]).unwrap();
+        let map = crate::gguf::map_readonly(&std::fs::File::open(&path).unwrap()).unwrap();
+        let sum: u64 = map.iter().step_by(4096).map(|&b| b as u64).sum();
+        assert_eq!(sum, 7 * 2048);
+        let has_field =
+            std::fs::read_to_string("/proc/self/smaps").is_ok_and(|s| s.contains("FilePmdMapped:"));
+        let found = file_huge_page_bytes_of(&path);
+        assert_eq!(found.is_some(), has_field, "{found:?}");
+        assert!(found.is_none_or(|b| b <= 8 << 20), "{found:?}");
+        drop(map);
+        assert_eq!(file_huge_page_bytes_of(&path), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn options_are_lettered_and_checked() {

@@ -381,9 +381,32 @@ fn an_f16_cache_answers_the_same_and_bench_reports_it() {
         half["decode_tok_s"].as_f64().is_some_and(|v| v > 0.0),
         "{half}"
     );
-    // Linux says how much of the maps sits on huge pages (the tiny files fit in none).
+    // Linux says how much of the maps, and of the language model's, sits on huge pages (the
+    // tiny files fit in none).
     if cfg!(target_os = "linux") {
         assert!(full["file_huge_page_bytes"].is_u64(), "{full}");
+        let lm_bytes = full["lm_file_bytes"].as_u64().unwrap();
+        assert!(
+            full["lm_huge_page_bytes"]
+                .as_u64()
+                .is_some_and(|h| h <= lm_bytes),
+            "{full}"
+        );
+    }
+    // The cores' clock is probed with the bandwidth, where the probe is built.
+    let clock = |k: &str| full[k].as_f64();
+    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        let (lo, mid, hi) = (
+            clock("cpu_clock_min_ghz"),
+            clock("cpu_clock_ghz"),
+            clock("cpu_clock_max_ghz"),
+        );
+        assert!(
+            matches!((lo, mid, hi), (Some(l), Some(m), Some(h)) if 0.0 < l && l <= m && m <= h),
+            "{full}"
+        );
+    } else {
+        assert!(full["cpu_clock_ghz"].is_null(), "{full}");
     }
 }
 

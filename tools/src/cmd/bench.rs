@@ -13,14 +13,22 @@
 //! fraction is the time the bound would have taken for its tokens over the time they took. The
 //! fractions are medians over repetitions; `read_bandwidth_gb_s` and `decode_bound_tok_s` are the
 //! probes' median, and `read_bandwidth_min_gb_s` / `read_bandwidth_max_gb_s` their range, which
-//! shows how far the machine drifted during the run. `file_huge_page_bytes` says how much of the
-//! mapped files sits on huge pages at the end: a mapped model on 4 KiB pages decodes slower.
+//! shows how far the machine drifted during the run. With every bandwidth probe the cores' clock
+//! is probed too (dependent adds per second of the slowest thread, `backend::cpu::clock`):
+//! `cpu_clock_ghz` is their median and `cpu_clock_min_ghz` / `cpu_clock_max_ghz` their range, null
+//! where the probe is not built. The dots need a good part of a core to keep up with the memory,
+//! so a run whose cores were slowed falls short of the bound for that reason, which these show.
+//! `file_huge_page_bytes` says how much of the mapped files sits on huge pages at the end, and
+//! `lm_huge_page_bytes` how much of the language model alone: a mapped model partly on 4 KiB
+//! pages decodes much slower, so below [`HUGE_SHARE`] of it `bench` warns on stderr.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anatomy_runtime::backend::CacheType;
-use anatomy_runtime::generate::{file_huge_page_bytes, peak_rss_bytes, ImageInput};
+use anatomy_runtime::generate::{
+    file_huge_page_bytes, file_huge_page_bytes_of, peak_rss_bytes, ImageInput,
+};
 use anatomy_runtime::gguf::Residence;
 use anatomy_runtime::{Model, ModelOptions};
 use anyhow::{bail, Context, Result};
@@ -63,6 +71,11 @@ pub struct BenchArgs {
 /// Decoded tokens between two bandwidth probes: about a second at 3B sizes on two cores, so the
 /// probes (some 50 ms each) add a few percent to the run's wall time and none to the decode's.
 const PROBE_EVERY: usize = 16;
+
+/// The share of the language model's bytes on huge pages below which `bench` warns: on the
+/// 2-vCPU Xeon VM, 85% of a 3B Q4_K_M file on huge pages decoded at 70% of the bound, all of it at
+/// 86-88%.
+const HUGE_SHARE: f64 = 0.95;
 
 /// The new last tokens of the follow-up prompt (a question of a few words after the same frame).
 const FOLLOW_UP_TOKENS: usize = 16;
@@ -129,9 +142,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // bracket it. With one probe before a 128-token decode, the same commands run six times within
     // half an hour gave fractions from 56% to 98%; with one before and one after, 70% to 98%.
     let probe = anatomy_runtime::backend::cpu::bandwidth::ReadProbe::new(threads, 512 << 20);
+    // The cores' clock, probed wherever the bandwidth is: a decode below the bound with the
+    // clock low was held back by slowed cores, not by the memory.
+    let clock = anatomy_runtime::backend::cpu::clock::ClockProbe::new(threads);
+    let clocks = std::cell::RefCell::new(Vec::new());
+    let probe_both = || {
+        clocks.borrow_mut().extend(clock.rate());
+        probe.best_rate(3)
+    };
     // Returns (tokens/s, fraction of the bound, the probes).
     let decode = |s: &mut anatomy_runtime::Session| -> Result<(f64, f64, Vec<f64>)> {
-        let mut probes = vec![probe.best_rate(3)];
+        let mut probes = vec![probe_both()];
         // The time the decode took, and the time the bound would have taken for the same tokens.
         let (mut spent, mut bound_time) = (0.0f64, 0.0f64);
         let mut done = 0;
@@ -143,7 +164,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 s.append(&[next])?;
             }
             spent += t.elapsed().as_secs_f64();
-            let after = probe.best_rate(3);
+            let after = probe_both();
             let bw = (probes[probes.len() - 1] + after) / 2.0;
             bound_time += n as f64 * weight_bytes / bw;
             probes.push(after);
@@ -186,8 +207,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (lo.min(b), hi.max(b))
     });
     let bw = median(bws);
+    let clocks = clocks.into_inner();
+    let ghz = |v: Option<f64>| v.map_or(serde_json::Value::Null, |v| (v / 1e9).into());
+    let clock_range = (
+        clocks.iter().copied().reduce(f64::min),
+        clocks.iter().copied().reduce(f64::max),
+    );
+    let clock_median = (!clocks.is_empty()).then(|| median(clocks));
     let (decode, decode_after) = (median(tg), median(tg_after));
     let bound = bw / weight_bytes;
+    // After the decodes every page of the language model has been read, so this is its share on
+    // huge pages.
+    let lm_huge = file_huge_page_bytes_of(&args.model);
+    let lm_bytes = model.lm_file_bytes();
+    // Files of a few MiB hold only a few huge pages' worth at all, and their decode is not a
+    // stream from memory.
+    let short = |h: u64| (h as f64) < HUGE_SHARE * lm_bytes as f64 && lm_bytes >= 64 << 20;
+    if let Some(h) = lm_huge.filter(|&h| !args.no_mmap && short(h)) {
+        eprintln!(
+            "warning: only {:.2} of the {:.2} GB of {} are mapped on huge pages; the rest is on \
+             4 KiB pages, which decode reads much slower (README, \"Speed\"). The page cache \
+             keeps what it holds in small pages until it drops the file: copy it with large \
+             writes (`dd bs=4M`), drop the cache, or run with --no-mmap.",
+            h as f64 / 1e9,
+            lm_bytes as f64 / 1e9,
+            args.model.display()
+        );
+    }
     let out = serde_json::json!({
         "model": args.model.display().to_string(),
         "threads": threads,
@@ -209,12 +255,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "read_bandwidth_gb_s": bw / 1e9,
         "read_bandwidth_min_gb_s": bw_min / 1e9,
         "read_bandwidth_max_gb_s": bw_max / 1e9,
+        "cpu_clock_ghz": ghz(clock_median),
+        "cpu_clock_min_ghz": ghz(clock_range.0),
+        "cpu_clock_max_ghz": ghz(clock_range.1),
         "lm_file_bytes": model.lm_file_bytes(),
         "decode_bound_tok_s": bound,
         "decode_fraction_of_bound": median(frac),
         "decode_after_prompt_fraction_of_bound": median(frac_after),
         "peak_rss_bytes": peak_rss_bytes(),
         "file_huge_page_bytes": file_huge_page_bytes(),
+        "lm_huge_page_bytes": lm_huge,
     });
     if args.json {
         println!("{out}");

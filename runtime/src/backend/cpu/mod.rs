@@ -17,6 +17,7 @@
 //! - `kernels`: norms, rotary, attention, activations, row copies.
 //! - `attend512`: attention's AVX-512 inner loop (16 keys per step, vector softmax).
 //! - `bandwidth`: the memory-read probe decode speed is measured against.
+//! - `clock`: the core-speed probe beside it (dependent adds per second).
 //! - `spin`: the spinners that keep the other workers awake for the length of a forward pass.
 
 mod amx;
@@ -24,6 +25,7 @@ mod amx;
 mod attend512;
 pub mod bandwidth;
 mod bf16;
+pub mod clock;
 mod gemm;
 mod int8;
 mod kernels;
