@@ -17,7 +17,8 @@
 //! is probed too (dependent adds per second of the slowest thread, `backend::cpu::clock`):
 //! `cpu_clock_ghz` is their median and `cpu_clock_min_ghz` / `cpu_clock_max_ghz` their range, null
 //! where the probe is not built. The dots need a good part of a core to keep up with the memory,
-//! so a run whose cores were slowed falls short of the bound for that reason, which these show.
+//! so a run whose cores were slowed can fall short of the bound for that reason; these tell such
+//! a run apart from one held back by the memory or the pages.
 //! `file_huge_page_bytes` says how much of the mapped files sits on huge pages at the end, and
 //! `lm_huge_page_bytes` how much of the language model alone: a mapped model partly on 4 KiB
 //! pages decodes much slower, so below [`HUGE_SHARE`] of it `bench` warns on stderr.

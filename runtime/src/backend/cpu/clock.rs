@@ -1,12 +1,15 @@
 //! The core-speed probe reported beside the memory-read probe: how many dependent integer adds
 //! each of `threads` threads retires per second, which is the core clock on the x86-64 and ARM64
-//! cores we target (an add has one cycle of latency there).
+//! cores we target (a register add has one cycle of latency there).
 //!
-//! A decoded token is bound by memory only while the dot kernels keep up with it: on the 2-vCPU
-//! Xeon VM a Q4_K row kernel needs about 60% of a core at full clock to stream its weights as
-//! fast as the memory delivers them, and the clock that VM's cores ran at moved between 1.5 and
-//! 2.9 GHz within a minute. `anatomy bench` takes this probe wherever it takes the bandwidth probe,
-//! so a run that missed the bound can be told apart as one whose cores were slowed.
+//! A decoded token is bound by memory only while the dot kernels keep up with it, and they need a
+//! good part of a core to: on the 2-vCPU Xeon VM a Q4_K row kernel reads 26 GB/s with its rows in
+//! L2, where each of two cores gets about 16 GB/s from memory. A shared host can slow the cores
+//! without touching the memory's speed (this probe read 1.4-3.0 GHz there within minutes), so
+//! `anatomy bench` takes it wherever it takes the bandwidth probe: a decode that misses the bound
+//! can then be told apart as held back by its cores or not. On that VM it was not: runs decoded at
+//! 86-89% of the bound with the probe's median at 2.2 GHz, and the ones far below it had their
+//! weights partly off huge pages (`lm_huge_page_bytes`).
 
 /// Dependent adds per timed run: some ten milliseconds at the clocks we target, long enough that a
 /// core the host takes away for part of it reads slower.
