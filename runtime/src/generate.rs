@@ -197,8 +197,8 @@ pub fn file_huge_page_bytes() -> Option<u64> {
 /// summed over the maps of that file in `/proc/self/smaps`), `None` where the kernel does not say
 /// or the path does not resolve. [`file_huge_page_bytes`] counts every mapped file at once; this
 /// tells one model file's share, which is what decode speed follows: on the 2-vCPU Xeon VM a 3B
-/// Q4_K_M file with 1.63 of its 1.93 GB on huge pages decoded at 70% of the bandwidth bound where
-/// a fresh copy of it, all on huge pages, decoded at 86-88%.
+/// Q4_K_M file with 1.63 of its 1.93 GB on huge pages decoded at 69-80% of the bandwidth bound
+/// where a fresh copy of it, all on huge pages, decoded at 82-93% in the same hour.
 pub fn file_huge_page_bytes_of(path: &std::path::Path) -> Option<u64> {
     let want = std::fs::canonicalize(path).ok()?;
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;

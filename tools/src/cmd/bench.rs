@@ -74,8 +74,8 @@ pub struct BenchArgs {
 const PROBE_EVERY: usize = 16;
 
 /// The share of the language model's bytes on huge pages below which `bench` warns: on the
-/// 2-vCPU Xeon VM, 85% of a 3B Q4_K_M file on huge pages decoded at 70% of the bound, all of it at
-/// 86-88%.
+/// 2-vCPU Xeon VM, a 3B Q4_K_M file with 85% of it on huge pages decoded at 69-80% of the bound,
+/// a fresh copy with all of it at 82-93%, in the same hour.
 const HUGE_SHARE: f64 = 0.95;
 
 /// The new last tokens of the follow-up prompt (a question of a few words after the same frame).
@@ -143,8 +143,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // bracket it. With one probe before a 128-token decode, the same commands run six times within
     // half an hour gave fractions from 56% to 98%; with one before and one after, 70% to 98%.
     let probe = anatomy_runtime::backend::cpu::bandwidth::ReadProbe::new(threads, 512 << 20);
-    // The cores' clock, probed wherever the bandwidth is: a decode below the bound with the
-    // clock low was held back by slowed cores, not by the memory.
+    // The cores' clock, probed wherever the bandwidth is, so that a decode below the bound can be
+    // seen to have run on slowed cores or not.
     let clock = anatomy_runtime::backend::cpu::clock::ClockProbe::new(threads);
     let clocks = std::cell::RefCell::new(Vec::new());
     let probe_both = || {
@@ -223,13 +223,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let lm_bytes = model.lm_file_bytes();
     // Files of a few MiB hold only a few huge pages' worth at all, and their decode is not a
     // stream from memory.
-    let short = |h: u64| (h as f64) < HUGE_SHARE * lm_bytes as f64 && lm_bytes >= 64 << 20;
-    if let Some(h) = lm_huge.filter(|&h| !args.no_mmap && short(h)) {
+    let too_few = |h: u64| (h as f64) < HUGE_SHARE * lm_bytes as f64 && lm_bytes >= 64 << 20;
+    if let Some(h) = lm_huge.filter(|&h| !args.no_mmap && too_few(h)) {
         eprintln!(
             "warning: only {:.2} of the {:.2} GB of {} are mapped on huge pages; the rest is on \
-             4 KiB pages, which decode reads much slower (README, \"Speed\"). The page cache \
-             keeps what it holds in small pages until it drops the file: copy it with large \
-             writes (`dd bs=4M`), drop the cache, or run with --no-mmap.",
+             4 KiB pages, which decode reads much slower (README, \"Speed at Qwen2.5-VL-3B \
+             scale\"). The page cache keeps what it holds in small pages until it drops the \
+             file: copy it with large writes (`dd bs=4M`), drop the cache, or run with \
+             --no-mmap.",
             h as f64 / 1e9,
             lm_bytes as f64 / 1e9,
             args.model.display()
