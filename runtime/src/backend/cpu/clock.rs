@@ -25,6 +25,20 @@ pub fn add_chain(n: u64) -> u64 {
     x
 }
 
+/// One add of the second operand into the first, in this architecture's assembly.
+#[cfg(target_arch = "x86_64")]
+macro_rules! add_one {
+    () => {
+        "add {0}, {1}"
+    };
+}
+#[cfg(target_arch = "aarch64")]
+macro_rules! add_one {
+    () => {
+        "add {0}, {0}, {1}"
+    };
+}
+
 /// Four dependent adds of 1 to `x`, in assembly where we know it, so that the compiler can neither
 /// fold them into one nor break the chain. The 1 is a register, not an immediate: the renamer of
 /// recent Intel cores folds chains of immediate adds, and on the Xeon VM such a chain read 11.9
@@ -32,21 +46,11 @@ pub fn add_chain(n: u64) -> u64 {
 #[inline(always)]
 fn add4(x: u64) -> u64 {
     let mut x = x;
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     // SAFETY: four register adds; no memory, stack or other register is touched.
     unsafe {
         std::arch::asm!(
-            "add {0}, {1}", "add {0}, {1}", "add {0}, {1}", "add {0}, {1}",
-            inout(reg) x,
-            in(reg) 1u64,
-            options(nomem, nostack)
-        );
-    }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: four register adds; no memory, stack or other register is touched.
-    unsafe {
-        std::arch::asm!(
-            "add {0}, {0}, {1}", "add {0}, {0}, {1}", "add {0}, {0}, {1}", "add {0}, {0}, {1}",
+            add_one!(), add_one!(), add_one!(), add_one!(),
             inout(reg) x,
             in(reg) 1u64,
             options(nomem, nostack)
