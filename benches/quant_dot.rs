@@ -1,12 +1,14 @@
 //! Throughput of the weight-row dot-product kernels (`anatomy_runtime::quant::vec_dot_rows`, the
 //! entry a decode step's matrix-vector products take: AVX-512 VNNI or AVX2/FMA where the CPU has
 //! them) per storage type, at the row lengths of Qwen2.5-VL's matrices (2048: the 3B hidden size;
-//! 11008: the 3B FFN width). Two matrix sizes: ~64 MB, so that every iteration streams the
-//! weights from DRAM as a matrix-vector product does (`dram`), and 256 KB, which stays in L2 and
-//! shows what the kernel itself can do (`l2`). Throughput is in bytes of weights read;
-//! `memory_read` sums a buffer of the DRAM size in the same run with the runtime's bandwidth
-//! probe (`backend::cpu::bandwidth`), the ceiling a kernel that only reads memory could reach on
-//! this machine.
+//! 11008: the 3B FFN width), on one thread. Two matrix sizes: 1 GiB on huge pages, far beyond
+//! any L3 we target (the Xeon VM's is 260 MiB), so that every iteration streams the weights from
+//! DRAM as a decode step's products do from a mapped model on huge pages (`dram`), and 256 KB,
+//! which stays in L2 and shows what the kernel itself can do (`l2`). Throughput is in bytes of
+//! weights read; `memory_read` sums a buffer of the DRAM size, on the same pages, in the same run
+//! with the runtime's bandwidth probe (`backend::cpu::bandwidth`): the ceiling a kernel that only
+//! reads memory could reach on this machine, against which `dram` shows how well each kernel
+//! overlaps its arithmetic with the stream.
 //!
 //! `cargo bench --bench quant_dot` (add `-- --quick` for a short run).
 
@@ -14,13 +16,18 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use anatomy_runtime::backend::cpu::bandwidth::read_sum;
+use anatomy_runtime::gguf::huge_anon;
 use anatomy_runtime::quant::quantize::quantize_to_vec;
 use anatomy_runtime::quant::test_values::xorshift_values;
 use anatomy_runtime::quant::{vec_dot_rows, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use memmap2::MmapMut;
 
-/// Weight bytes per DRAM benchmark: far beyond L2 and any L3 of the machines we target.
-const MATRIX_BYTES: usize = 64 << 20;
+/// Weight bytes per DRAM benchmark: far beyond L2 and any L3 of the machines we target. 64 MiB
+/// fitted in the Xeon VM's L3, where Q4_K and Q6_K then read alike; at 1 GiB Q6_K streamed at
+/// 0.92-0.96 of the probe and Q4_K at 0.80-0.84 (two threads, a scratch run; see
+/// `docs/speed-log.md`).
+const MATRIX_BYTES: usize = 1 << 30;
 /// Weight bytes per in-cache benchmark: inside the L2 of the machines we target.
 const CACHED_BYTES: usize = 256 << 10;
 /// Distinct rows actually quantized; the matrix repeats them, since what the kernels take time on
@@ -36,21 +43,21 @@ const TYPES: [GgmlType; 6] = [
     GgmlType::Q6_K,
 ];
 
-/// A matrix of `bytes` (rounded down to whole rows) of `ty` rows of length `n`, and an
-/// activation row in the type the kernel pairs with it.
-fn setup(ty: GgmlType, n: usize, bytes: usize) -> (Vec<u8>, usize, Vec<u8>) {
+/// A matrix of `bytes` (rounded down to whole rows) of `ty` rows of length `n`, on huge pages
+/// where the OS grants them, its length in bytes, and an activation row in the type the kernel
+/// pairs with it.
+fn setup(ty: GgmlType, n: usize, bytes: usize) -> (MmapMut, usize, usize, Vec<u8>) {
     let row_bytes = ty.bytes_for(n as u64).expect("whole blocks") as usize;
     let unique =
         quantize_to_vec(ty, &xorshift_values(n * UNIQUE_ROWS, 7)).expect("quantize weights");
-    let rows = bytes / row_bytes;
-    let mut matrix = Vec::with_capacity(rows * row_bytes);
-    while matrix.len() < rows * row_bytes {
-        let take = (rows * row_bytes - matrix.len()).min(unique.len());
-        matrix.extend_from_slice(&unique[..take]);
+    let len = bytes / row_bytes * row_bytes;
+    let mut matrix = huge_anon(len.max(1)).expect("anonymous memory");
+    for chunk in matrix[..len].chunks_mut(unique.len()) {
+        chunk.copy_from_slice(&unique[..chunk.len()]);
     }
     let act =
         quantize_to_vec(ty.vec_dot_type(), &xorshift_values(n, 11)).expect("quantize activations");
-    (matrix, row_bytes, act)
+    (matrix, len, row_bytes, act)
 }
 
 fn bench(c: &mut Criterion) {
@@ -59,19 +66,23 @@ fn bench(c: &mut Criterion) {
         g.sample_size(10)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2));
-        let baseline: Vec<u64> = (0..MATRIX_BYTES as u64 / 8).map(|i| i * 31 + 7).collect();
-        let baseline = baseline.as_slice();
+        let mut words = huge_anon(MATRIX_BYTES).expect("anonymous memory");
+        for (i, w) in words.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&(i as u64 * 31 + 7).to_le_bytes());
+        }
+        let baseline: &[u64] = bytemuck::cast_slice(&words[..]);
         g.throughput(Throughput::Bytes(MATRIX_BYTES as u64));
         g.bench_function("memory_read", |b| b.iter(|| read_sum(black_box(baseline))));
         for (place, bytes) in [("dram", MATRIX_BYTES), ("l2", CACHED_BYTES)] {
             for ty in TYPES {
-                let (matrix, row_bytes, act) = setup(ty, n, bytes);
-                let mut out = vec![0f32; matrix.len() / row_bytes];
-                g.throughput(Throughput::Bytes(matrix.len() as u64));
+                let (matrix, len, row_bytes, act) = setup(ty, n, bytes);
+                let matrix = &matrix[..len];
+                let mut out = vec![0f32; len / row_bytes];
+                g.throughput(Throughput::Bytes(len as u64));
                 let id = BenchmarkId::new(format!("vec_dot_rows_{place}"), ty.name());
                 g.bench_with_input(id, &ty, |b, &ty| {
                     b.iter(|| {
-                        vec_dot_rows(ty, n, &matrix, ty.vec_dot_type(), &act, &mut out)
+                        vec_dot_rows(ty, n, matrix, ty.vec_dot_type(), &act, &mut out)
                             .expect("whole rows");
                         black_box(out[0])
                     })

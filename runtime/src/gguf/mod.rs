@@ -24,8 +24,7 @@ pub mod value;
 pub mod writer;
 
 pub use error::GgufError;
-pub(crate) use reader::huge_anon;
-pub use reader::{map_readonly, GgufFile, Residence, TensorInfo, TensorView};
+pub use reader::{huge_anon, map_readonly, GgufFile, Residence, TensorInfo, TensorView};
 pub use value::{ArrayView, Value, ValueType};
 pub use writer::{GgufWriter, OwnedValue, PendingTensor};
 

@@ -250,10 +250,11 @@ fn read_resident(file: &std::fs::File) -> std::io::Result<Mmap> {
 }
 
 /// `len` bytes of zeroed anonymous memory, advised onto transparent huge pages before anything
-/// faults it in: the weights of `Residence::Copied`, and the bandwidth probe's buffer, which must
-/// sit on the same kind of pages to stay the stronger reader. Refused advice (no THP in this
-/// kernel, or THP off) leaves 4 KiB pages: slower, still right.
-pub(crate) fn huge_anon(len: usize) -> std::io::Result<memmap2::MmapMut> {
+/// faults it in: the weights of `Residence::Copied`, the bandwidth probe's buffer, which must
+/// sit on the same kind of pages to stay the stronger reader, and the weights of the kernel
+/// benchmark's stream. Refused advice (no THP in this kernel, or THP off) leaves 4 KiB pages:
+/// slower, still right.
+pub fn huge_anon(len: usize) -> std::io::Result<memmap2::MmapMut> {
     let map = memmap2::MmapMut::map_anon(len)?;
     #[cfg(target_os = "linux")]
     let _ = map.advise(memmap2::Advice::HugePage);
