@@ -23,10 +23,10 @@ use anatomy_runtime::quant::{vec_dot_rows, GgmlType};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use memmap2::MmapMut;
 
-/// Weight bytes per DRAM benchmark: far beyond L2 and any L3 of the machines we target. 64 MiB
-/// fitted in the Xeon VM's L3, where Q4_K and Q6_K then read alike; at 1 GiB Q6_K streamed at
-/// 0.92-0.96 of the probe and Q4_K at 0.80-0.84 (two threads, a scratch run; see
-/// `docs/speed-log.md`).
+/// Weight bytes per DRAM benchmark: far beyond L2 and any L3 of the machines we target (64 MiB
+/// fitted in the Xeon VM's 260 MiB L3, so it timed the cache). On that VM, one thread: Q6_K at
+/// 0.95 of `memory_read`, Q4_K and Q8_0 at 0.91; a scratch run of the same stream with two
+/// threads gave Q6_K 0.92-0.96 and Q4_K 0.80-0.84 (`docs/speed-log.md`).
 const MATRIX_BYTES: usize = 1 << 30;
 /// Weight bytes per in-cache benchmark: inside the L2 of the machines we target.
 const CACHED_BYTES: usize = 256 << 10;
