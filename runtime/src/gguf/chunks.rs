@@ -6,8 +6,9 @@
 //! writes of a `BufWriter` in smaller ones). Only 2 MiB folios can be mapped with huge-page
 //! entries, and decoding from a map of small ones misses the TLB on every 4 KiB page: on a
 //! 2-vCPU Xeon the 3B Q4_K_M decode reached 74-75% of the bandwidth bound from a file written in
-//! 1 MiB pieces and 88-90% from the same bytes written in 4 MiB pieces (alternating runs). `BufWriter` also passes a write larger
-//! than its buffer straight through, at whatever offset it starts; this writer never does.
+//! 1 MiB pieces and 88-90% from the same bytes written in 4 MiB pieces (alternating runs).
+//! `BufWriter` also passes a write larger than its buffer straight through, at whatever offset it
+//! starts; this writer never does.
 
 use std::io::{self, Write};
 

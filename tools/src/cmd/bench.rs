@@ -81,6 +81,12 @@ const HUGE_SHARE: f64 = 0.95;
 /// The new last tokens of the follow-up prompt (a question of a few words after the same frame).
 const FOLLOW_UP_TOKENS: usize = 16;
 
+/// The smallest and the largest of `v`; `None` when it is empty.
+fn range(v: &[f64]) -> Option<(f64, f64)> {
+    let lo = v.iter().copied().reduce(f64::min)?;
+    Some((lo, v.iter().copied().fold(lo, f64::max)))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -135,7 +141,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % span)
         .collect();
-    let weight_bytes = model.lm_file_bytes() as f64;
+    let lm_bytes = model.lm_file_bytes();
+    let weight_bytes = lm_bytes as f64;
     // Each thread sums its share of 512 MiB (far larger than any cache), best of three passes,
     // before the decode and after every `PROBE_EVERY` tokens of it: on a shared machine the
     // bandwidth available drifts within a run (on the 2-vCPU EPYC VM from 29 to 44 GB/s within a
@@ -146,13 +153,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // The cores' clock, probed wherever the bandwidth is, so that a decode below the bound can be
     // seen to have run on slowed cores or not.
     let clock = anatomy_runtime::backend::cpu::clock::ClockProbe::new(threads);
-    let clocks = std::cell::RefCell::new(Vec::new());
-    let probe_both = || {
-        clocks.borrow_mut().extend(clock.rate());
+    let mut clocks = Vec::new();
+    let mut probe_both = || {
+        clocks.extend(clock.rate());
         probe.best_rate(3)
     };
     // Returns (tokens/s, fraction of the bound, the probes).
-    let decode = |s: &mut anatomy_runtime::Session| -> Result<(f64, f64, Vec<f64>)> {
+    let mut decode = |s: &mut anatomy_runtime::Session| -> Result<(f64, f64, Vec<f64>)> {
         let mut probes = vec![probe_both()];
         // The time the decode took, and the time the bound would have taken for the same tokens.
         let (mut spent, mut bound_time) = (0.0f64, 0.0f64);
@@ -204,23 +211,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         follow_ms.push(t.elapsed().as_secs_f64() * 1e3);
         follow_tokens = follow_up.len() - reused;
     }
-    let (bw_min, bw_max) = bws.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &b| {
-        (lo.min(b), hi.max(b))
-    });
+    let (bw_min, bw_max) = range(&bws).unwrap_or((f64::INFINITY, 0.0));
     let bw = median(bws);
-    let clocks = clocks.into_inner();
     let ghz = |v: Option<f64>| v.map_or(serde_json::Value::Null, |v| (v / 1e9).into());
-    let clock_range = (
-        clocks.iter().copied().reduce(f64::min),
-        clocks.iter().copied().reduce(f64::max),
-    );
+    let clock_range = range(&clocks);
     let clock_median = (!clocks.is_empty()).then(|| median(clocks));
     let (decode, decode_after) = (median(tg), median(tg_after));
     let bound = bw / weight_bytes;
     // After the decodes every page of the language model has been read, so this is its share on
     // huge pages.
     let lm_huge = file_huge_page_bytes_of(&args.model);
-    let lm_bytes = model.lm_file_bytes();
     // Files of a few MiB hold only a few huge pages' worth at all, and their decode is not a
     // stream from memory.
     let too_few = |h: u64| (h as f64) < HUGE_SHARE * lm_bytes as f64 && lm_bytes >= 64 << 20;
@@ -258,9 +258,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "read_bandwidth_min_gb_s": bw_min / 1e9,
         "read_bandwidth_max_gb_s": bw_max / 1e9,
         "cpu_clock_ghz": ghz(clock_median),
-        "cpu_clock_min_ghz": ghz(clock_range.0),
-        "cpu_clock_max_ghz": ghz(clock_range.1),
-        "lm_file_bytes": model.lm_file_bytes(),
+        "cpu_clock_min_ghz": ghz(clock_range.map(|r| r.0)),
+        "cpu_clock_max_ghz": ghz(clock_range.map(|r| r.1)),
+        "lm_file_bytes": lm_bytes,
         "decode_bound_tok_s": bound,
         "decode_fraction_of_bound": median(frac),
         "decode_after_prompt_fraction_of_bound": median(frac_after),
