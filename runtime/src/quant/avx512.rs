@@ -12,7 +12,6 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{f16_at, prefetch_ahead, q8_0_scales};
-use super::dequant::scales_mins_k4;
 
 /// The AVX-512 result for `ty`, or `None` when this CPU lacks AVX-512 BW/VNNI or `ty` has no
 /// kernel here. `w` and `a` must hold the same number of blocks (surplus bytes are ignored,
@@ -270,11 +269,16 @@ macro_rules! q4_k_apply {
 }
 
 /// The parts of the Q4_K kernels, named by the caller: `zero`; `head` reads a weight block's scales
-/// (all eight in each 64-bit lane), d and dmin (lanes 0 and 1) and mins (each doubled into both
-/// i16 halves of its i32 lane, so one madd multiplies the two 16-value sums of its sub-block and
-/// adds them); `values` unpacks the nibbles of one half and `scales` spreads that half's scales;
-/// `finish` makes a state the vector whose lanes sum to the dot. [`q4_k_apply`] folds a block's
-/// dot with one activation block into a state.
+/// and mins (bytes 0-7 and 8-15 of every 128-bit lane), d and dmin (lanes 0 and 1) and the mins
+/// again, each doubled into both i16 halves of its i32 lane, so one madd multiplies the two
+/// 16-value sums of its sub-block and adds them; `values` unpacks the nibbles of one half and
+/// `scales` spreads that half's scales; `finish` makes a state the vector whose lanes sum to the
+/// dot. [`q4_k_apply`] folds a block's dot with one activation block into a state.
+///
+/// `head` unpacks the twelve bytes of 6-bit scales and mins with vector shuffles from one
+/// broadcast load. Unpacked in general registers (as `scales_mins_k4` does) they took about 20 of
+/// the loop's 64 instructions a block, 3 loads and 17 shifts, masks and moves, and the loop is
+/// bound by how many instructions the core can issue, not by any one port (`llvm-mca`).
 macro_rules! q4_k_parts {
     ($gfni:literal, $zero:ident, $head:ident, $nibbles:ident, $scales:ident, $finish:ident) => {
         let low = _mm512_set1_epi8(0x0f);
@@ -283,27 +287,60 @@ macro_rules! q4_k_parts {
         // Half h: the low-nibble sums are sub-blocks 4h (lanes 0..8) and 4h + 2 (8..16), the
         // high-nibble sums 4h + 1 and 4h + 3; packed, 128-bit lane l holds four sums of
         // sub-block 4h + 2(l/2) and then four of the one after it. Their scales come from byte
-        // shuffles of the eight scale bytes (in every 64-bit lane; a shuffle, unlike `vpermw`
-        // from widened scales, needs no widening): the low byte of i16 lane i is scale 4h +
-        // 2(i/16) + (i%8)/4, the high byte zero (index bit 7).
+        // shuffles of the eight scale bytes (bytes 0-7 of every 128-bit lane; a shuffle, unlike
+        // `vpermw` from widened scales, needs no widening): the low byte of i16 lane i is scale
+        // 4h + 2(i/16) + (i%8)/4, the high byte zero (index bit 7).
         let pick: [__m512i; 2] = std::array::from_fn(|h| {
             byte_indices(|k| match k % 2 {
                 0 => (4 * h + 2 * (k / 32) + k % 16 / 8) as u8,
                 _ => 0x80,
             })
         });
+        // The packed bytes p0..p11 (scales, mins, and the low four bits of scales and mins
+        // 4-7) become, per 128-bit lane: scales 0-3 = p0..p3 & 63, scales 4-7 = p8..p11 & 15
+        // with bits 6-7 of p0..p3 at 4-5, mins 0-3 = p4..p7 & 63, mins 4-7 = p8..p11 >> 4 with
+        // bits 6-7 of p4..p7 at 4-5. `gather` places each result's low bits under it (the high
+        // four bits of p8..p11 reach the low ones by a 16-bit shift of words 6 and 7), `tops`
+        // the bytes whose bits 6-7 it takes.
+        let lanes = |f: fn(usize) -> u8| byte_indices(move |k| f(k % 16));
+        let gather = lanes(|b| [0, 8, 4, 8][b / 4] as u8 + (b % 4) as u8);
+        let tops = lanes(|b| match b / 4 {
+            1 => (b % 4) as u8,
+            3 => 4 + (b % 4) as u8,
+            _ => 0x80,
+        });
+        let keep = lanes(|b| [0x3f, 0x0f][b / 4 % 2]);
+        let shift = i16_indices(|i| if i % 8 >= 6 { 4 } else { 0 });
+        // Bit matrix taking bits 6-7 of each byte to bits 4-5 and clearing the rest.
+        let top_bits = _mm512_set1_epi64(0x4080_0000);
+        let thirty = _mm512_set1_epi8(0x30);
+        // Min j (byte 8 + j of a lane) into both i16 halves of ymm i32 lane j.
+        let min_pairs = _mm512_castsi512_si256(byte_indices(|k| match k % 2 {
+            0 => (8 + k / 4) as u8,
+            _ => 0x80,
+        }));
         let $zero = _mm512_setzero_si512();
         let $head = |x: &[u8]| -> (__m512i, __m128, __m256i) {
             prefetch_ahead::<3>(x);
-            let [w0, w1, w2, w3] = scales_mins_k4(&x[4..16]);
-            let scales = (w1 as u64) << 32 | w0 as u64;
-            let mins = (w3 as u64) << 32 | w2 as u64;
-            let head = &x[0..8];
-            // SAFETY: `head` is a bounds-checked slice of the 8 bytes loaded.
-            let dd = unsafe { _mm_cvtph_ps(_mm_loadl_epi64(head.as_ptr() as *const __m128i)) };
-            let m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mins as i64));
-            let m16 = _mm256_or_si256(m32, _mm256_slli_epi32::<16>(m32));
-            (_mm512_set1_epi64(scales as i64), dd, m16)
+            let (head, packed) = (&x[0..8], &x[4..20]);
+            // SAFETY: `head` and `packed` are bounds-checked slices of the 8 and 16 bytes loaded.
+            let (dd, p) = unsafe {
+                (
+                    _mm_cvtph_ps(_mm_loadl_epi64(head.as_ptr() as *const __m128i)),
+                    _mm512_broadcast_i32x4(_mm_loadu_si128(packed.as_ptr() as *const __m128i)),
+                )
+            };
+            let low = _mm512_srlv_epi16(_mm512_shuffle_epi8(p, gather), shift);
+            let top = _mm512_shuffle_epi8(p, tops);
+            let top = if $gfni {
+                _mm512_gf2p8affine_epi64_epi8::<0>(top, top_bits)
+            } else {
+                _mm512_and_si512(_mm512_srli_epi16::<2>(top), thirty)
+            };
+            // (low & keep) | top
+            let sm = _mm512_ternarylogic_epi32::<0xea>(low, keep, top);
+            let m16 = _mm256_shuffle_epi8(_mm512_castsi512_si256(sm), min_pairs);
+            (sm, dd, m16)
         };
         // The low nibbles of half h's 64 bytes, then the high ones.
         let $nibbles = |x: &[u8], h: usize| -> [__m512i; 2] {
