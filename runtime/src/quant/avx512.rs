@@ -61,7 +61,7 @@ fn detected_kernel(ty: super::GgmlType) -> Option<(super::RowKernel, Option<supe
         GgmlType::Q4_K => Some((q4_k, Some(pair_q8_k))),
         GgmlType::Q6_K if gfni() => Some((q6_k_gfni, Some(align_q8_k))),
         GgmlType::Q6_K => Some((q6_k, Some(align_q8_k))),
-        GgmlType::Q8_0 => Some((q8_0_rows, None)),
+        GgmlType::Q8_0 => Some((q8_0_rows, Some(lay_out_q8_0))),
         _ => None,
     }
 }
@@ -129,6 +129,39 @@ fn lay_out_q8_k<'b>(a: &[u8], buf: &'b mut Vec<u8>, chunks: [usize; 4]) -> &'b [
         dst[256..260].copy_from_slice(&src[..4]);
         dst[260..292].copy_from_slice(&src[260..]);
     }
+    out
+}
+
+/// Bytes per group of sixteen Q8_0 activation blocks in the layout [`lay_out_q8_0`] writes: nine
+/// cache lines.
+const Q8_0_LAID: usize = 576;
+
+/// Q8_0 activations laid out for [`q8_0`], in `buf` (grown as needed), returned as the slice the
+/// kernel reads: per sixteen blocks, starting on a 64-byte boundary, their scales as sixteen f32
+/// and then their values, two blocks to a cache line; the last blocks (fewer than sixteen) as they
+/// were. In Q8_0's own 34-byte blocks the kernel read each pair of blocks' values with two loads,
+/// most of them across two cache lines, and each scale with a two-byte load, a store and a
+/// reload; the activation row is the same for every weight row, so it is laid out once.
+fn lay_out_q8_0<'b>(a: &[u8], buf: &'b mut Vec<u8>) -> &'b [u8] {
+    let blocks = a.len() / 34;
+    let (groups, rest) = (blocks / 16, blocks % 16);
+    let len = groups * Q8_0_LAID + rest * 34;
+    buf.resize(len + 64, 0);
+    // As in `lay_out_q8_k`: the spare bytes cover any alignment offset up to 64.
+    let start = buf.as_ptr().align_offset(64).min(64);
+    let out = &mut buf[start..start + len];
+    let (laid, tail) = out.split_at_mut(groups * Q8_0_LAID);
+    for (src, dst) in a
+        .chunks_exact(16 * 34)
+        .zip(laid.chunks_exact_mut(Q8_0_LAID))
+    {
+        for (b, block) in src.chunks_exact(34).enumerate() {
+            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            dst[4 * b..4 * b + 4].copy_from_slice(&d.to_le_bytes());
+            dst[64 + 32 * b..96 + 32 * b].copy_from_slice(&block[2..]);
+        }
+    }
+    tail.copy_from_slice(&a[groups * 16 * 34..blocks * 34]);
     out
 }
 
@@ -688,32 +721,33 @@ fn i16_indices(f: impl Fn(usize) -> usize) -> __m512i {
     unsafe { _mm512_loadu_si512(idx.as_ptr() as *const _) }
 }
 
-/// Q8_0 weights against Q8_0 activations (34-byte blocks: f16 scale, 32 signed values), sixteen
-/// blocks per step. `vpdpbusd` multiplies unsigned by signed bytes, so the weights' signs move
+/// Q8_0 weights against Q8_0 activations (34-byte blocks: f16 scale, 32 signed values) laid out
+/// by [`lay_out_q8_0`], sixteen blocks per step. `vpdpbusd` multiplies unsigned by signed bytes, so the weights' signs move
 /// onto the activations (|w| · sign(w)·a), as the AVX2 kernel does with `sign_epi8`, which has no
 /// 512-bit form: a masked subtraction negates the activations where `w < 0`.
 ///
 /// The f16 scales were the cost: converted one at a time (an insert and a `vcvtph2ps` each, four
 /// per two blocks) they held the kernel to 8.6 GB/s with the data in cache, where the integer
 /// part alone ran at 39; fetched by one gather per operand, to 22.5 (a Zen 4 gather of sixteen
-/// lanes costs about as much as the eight pairs' products). Here sixteen plain two-byte reads per
-/// operand ([`q8_0_scales`]) fill a small array that one load and one conversion widen:
-/// 29.5-31 GB/s in cache on the same VM, 1.35x the gathers. Each pair of blocks takes its two
-/// scales from that vector with one permute.
+/// lanes costs about as much as the eight pairs' products). Here sixteen plain two-byte reads of
+/// the weights' scales ([`q8_0_scales`]) fill a small array that one load and one conversion
+/// widen: 29.5-31 GB/s in cache on the same VM, 1.35x the gathers (when the activations' scales
+/// were read the same way; they now come as f32 from the layout). Each pair of blocks takes its
+/// two scales from that vector with one permute.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
     const STEP: usize = 16 * 34;
     let zero = _mm512_setzero_si512();
     let pick = q8_0_picks();
     let mut acc = _mm512_setzero_ps();
-    let (ws, as_) = (w.chunks_exact(STEP), a.chunks_exact(STEP));
-    let (wr, ar) = (ws.remainder(), as_.remainder());
-    for (x, y) in ws.zip(as_) {
+    let ws = w.chunks_exact(STEP);
+    let (laid, ar) = a.split_at((w.len() / STEP * Q8_0_LAID).min(a.len()));
+    let wr = ws.remainder();
+    for (x, y) in ws.zip(laid.chunks_exact(Q8_0_LAID)) {
         prefetch_ahead::<9>(x);
-        let d = _mm512_mul_ps(q8_0_scales16(x), q8_0_scales16(y));
+        let d = _mm512_mul_ps(q8_0_scales16(x), laid_scales(y));
         for (p, pick) in pick.iter().enumerate() {
-            let (x, y) = (&x[68 * p..68 * p + 68], &y[68 * p..68 * p + 68]);
-            let dot = pair(x, y, zero);
+            let dot = pair(&x[68 * p..68 * p + 68], laid_values(y, p), zero);
             acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d), dot, acc);
         }
     }
@@ -758,7 +792,7 @@ fn q8_0_tail(wr: &[u8], ar: &[u8], mut acc: __m512) -> f32 {
             let d0 = f16_at(x) * f16_at(y);
             let d1 = f16_at(&x[34..]) * f16_at(&y[34..]);
             let d = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
-            acc = _mm512_fmadd_ps(d, pair(x, y, zero), acc);
+            acc = _mm512_fmadd_ps(d, pair(x, two_blocks(y), zero), acc);
         }
         let mut sum = _mm512_reduce_add_ps(acc);
         if wr.len() >= 34 && ar.len() >= 34 {
@@ -796,23 +830,27 @@ unsafe fn q8_0_pair(
         .zip(out0.iter_mut().zip(out1.iter_mut()));
     for (w, (o0, o1)) in rows {
         let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let (ws, b0, b1) = (
-            w.chunks_exact(STEP),
-            a0.chunks_exact(STEP),
-            a1.chunks_exact(STEP),
+        let ws = w.chunks_exact(STEP);
+        let split = w.len() / STEP * Q8_0_LAID;
+        let ((b0, r0), (b1, r1)) = (
+            a0.split_at(split.min(a0.len())),
+            a1.split_at(split.min(a1.len())),
         );
-        let (wr, r0, r1) = (ws.remainder(), b0.remainder(), b1.remainder());
-        for ((x, y0), y1) in ws.zip(b0).zip(b1) {
+        let wr = ws.remainder();
+        let groups = ws
+            .zip(b0.chunks_exact(Q8_0_LAID))
+            .zip(b1.chunks_exact(Q8_0_LAID));
+        for ((x, y0), y1) in groups {
             prefetch_ahead::<9>(x);
             let dx = q8_0_scales16(x);
             let (d0, d1) = (
-                _mm512_mul_ps(dx, q8_0_scales16(y0)),
-                _mm512_mul_ps(dx, q8_0_scales16(y1)),
+                _mm512_mul_ps(dx, laid_scales(y0)),
+                _mm512_mul_ps(dx, laid_scales(y1)),
             );
             for (p, pick) in pick.iter().enumerate() {
                 let x = &x[68 * p..68 * p + 68];
-                let (y0, y1) = (&y0[68 * p..68 * p + 68], &y1[68 * p..68 * p + 68]);
-                let (t0, t1) = pair_two(x, [y0, y1], zero);
+                let ys = [laid_values(y0, p), laid_values(y1, p)];
+                let (t0, t1) = pair_two(x, ys, zero);
                 acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d0), t0, acc0);
                 acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(*pick, d1), t1, acc1);
             }
@@ -822,31 +860,42 @@ unsafe fn q8_0_pair(
     }
 }
 
-/// The integer dots of two Q8_0 blocks (`x`, `y`: 68 bytes each) as floats: lanes 0..8 the
-/// first block's partial sums, 8..16 the second's.
+/// The integer dots of two Q8_0 weight blocks (`x`: 68 bytes) with two blocks' activation values
+/// (`y`: the first's in the low half) as floats: lanes 0..8 the first block's partial sums, 8..16
+/// the second's.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[inline]
-fn pair(x: &[u8], y: &[u8], zero: __m512i) -> __m512 {
+fn pair(x: &[u8], y: __m512i, zero: __m512i) -> __m512 {
     let xx = two_blocks(x);
-    signed_dot(
-        _mm512_abs_epi8(xx),
-        _mm512_movepi8_mask(xx),
-        two_blocks(y),
-        zero,
-    )
+    signed_dot(_mm512_abs_epi8(xx), _mm512_movepi8_mask(xx), y, zero)
 }
 
 /// [`pair`] of the same two weight blocks `x` against two activation rows' blocks, the weights'
 /// absolute values and signs taken once.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
 #[inline]
-fn pair_two(x: &[u8], [y0, y1]: [&[u8]; 2], zero: __m512i) -> (__m512, __m512) {
+fn pair_two(x: &[u8], [y0, y1]: [__m512i; 2], zero: __m512i) -> (__m512, __m512) {
     let xx = two_blocks(x);
     let (ax, neg) = (_mm512_abs_epi8(xx), _mm512_movepi8_mask(xx));
-    (
-        signed_dot(ax, neg, two_blocks(y0), zero),
-        signed_dot(ax, neg, two_blocks(y1), zero),
-    )
+    (signed_dot(ax, neg, y0, zero), signed_dot(ax, neg, y1, zero))
+}
+
+/// The sixteen scales of a group laid out by [`lay_out_q8_0`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn laid_scales(y: &[u8]) -> __m512 {
+    let s = &y[..64];
+    // SAFETY: a 64-byte load of a bounds-checked 64-byte slice.
+    unsafe { _mm512_loadu_ps(s.as_ptr() as *const f32) }
+}
+
+/// The values of blocks `2p` and `2p + 1` of a group laid out by [`lay_out_q8_0`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn laid_values(y: &[u8], p: usize) -> __m512i {
+    let v = &y[64 + 64 * p..128 + 64 * p];
+    // SAFETY: a 64-byte load of a bounds-checked 64-byte slice.
+    unsafe { _mm512_loadu_si512(v.as_ptr() as *const _) }
 }
 
 /// The 32 values of each of two Q8_0 blocks (68 bytes): the first block's in the low half, the
