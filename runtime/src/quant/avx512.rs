@@ -1,7 +1,7 @@
 //! AVX-512 (BW + VNNI) dot products for Q4_K and Q6_K, the formats of a Q4_K_M file's weights, and
 //! Q8_0, chosen at run time by `dot::RowDots` ahead of the AVX2 kernels; Q4_K and Q6_K with GFNI
-//! where the CPU has it. The Q4_K and Q6_K kernels read their Q8_K activation row laid out on
-//! cache-line boundaries (`pair_q8_k`, `align_q8_k`), which `dot::RowDots` does once per row.
+//! where the CPU has it. Each kernel reads its activation row laid out on cache-line boundaries
+//! (`pair_q8_k`, `align_q8_k`, `lay_out_q8_0`), which `dot::RowDots` does once per row.
 //!
 //! Decoding one token streams every weight once, so the kernel has to keep up with memory: the
 //! AVX2 kernel spends about 76 instructions on a 144-byte block and, measured, reads 8.5 GB/s on
@@ -141,7 +141,9 @@ const Q8_0_LAID: usize = 576;
 /// and then their values, two blocks to a cache line; the last blocks (fewer than sixteen) as they
 /// were. In Q8_0's own 34-byte blocks the kernel read each pair of blocks' values with two loads,
 /// most of them across two cache lines, and each scale with a two-byte load, a store and a
-/// reload; the activation row is the same for every weight row, so it is laid out once.
+/// reload; the activation row is the same for every weight row, so it is laid out once. Laid
+/// out, the 3B Q8_0 decode (two threads, 2-vCPU Xeon) reached 91.1% of the bandwidth bound
+/// against 85.8% (medians of five alternating runs; `docs/speed-log.md`).
 fn lay_out_q8_0<'b>(a: &[u8], buf: &'b mut Vec<u8>) -> &'b [u8] {
     let blocks = a.len() / 34;
     let (groups, rest) = (blocks / 16, blocks % 16);
@@ -310,8 +312,10 @@ macro_rules! q4_k_apply {
 ///
 /// `head` unpacks the twelve bytes of 6-bit scales and mins with vector shuffles from one
 /// broadcast load. Unpacked in general registers (as `scales_mins_k4` does) they took about 20 of
-/// the loop's 64 instructions a block, 3 loads and 17 shifts, masks and moves, and the loop is
-/// bound by how many instructions the core can issue, not by any one port (`llvm-mca`).
+/// the loop's 64 instructions a block (3 loads and 17 shifts, masks and moves); now it takes 47.5.
+/// With the rows in L2 that ran no faster (ports 0 and 5 bound it there, and the shuffles use
+/// them), but the 3B Q4_K_M decode, two threads on a 2-vCPU Xeon, reached 88.4% of the bandwidth
+/// bound against 86.1% (medians of nine alternating runs; `docs/speed-log.md`).
 macro_rules! q4_k_parts {
     ($gfni:literal, $zero:ident, $head:ident, $nibbles:ident, $scales:ident, $finish:ident) => {
         let low = _mm512_set1_epi8(0x0f);
@@ -722,9 +726,10 @@ fn i16_indices(f: impl Fn(usize) -> usize) -> __m512i {
 }
 
 /// Q8_0 weights against Q8_0 activations (34-byte blocks: f16 scale, 32 signed values) laid out
-/// by [`lay_out_q8_0`], sixteen blocks per step. `vpdpbusd` multiplies unsigned by signed bytes, so the weights' signs move
-/// onto the activations (|w| · sign(w)·a), as the AVX2 kernel does with `sign_epi8`, which has no
-/// 512-bit form: a masked subtraction negates the activations where `w < 0`.
+/// by [`lay_out_q8_0`], sixteen blocks per step. `vpdpbusd` multiplies unsigned by signed bytes,
+/// so the weights' signs move onto the activations (|w| · sign(w)·a), as the AVX2 kernel does
+/// with `sign_epi8`, which has no 512-bit form: a masked subtraction negates the activations
+/// where `w < 0`.
 ///
 /// The f16 scales were the cost: converted one at a time (an insert and a `vcvtph2ps` each, four
 /// per two blocks) they held the kernel to 8.6 GB/s with the data in cache, where the integer
@@ -959,6 +964,38 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The Q8_0 layout starts on a cache line whatever the buffer held before, gives each group of
+    /// sixteen blocks their scales as f32 and then their values in order, and keeps the last
+    /// blocks (here 3) as they were.
+    #[test]
+    fn q8_0_layout_is_aligned_and_complete() {
+        let blocks = 2 * 16 + 3;
+        let mut a: Vec<u8> = (0..blocks * 34).map(|i| (i * 7 % 251) as u8).collect();
+        for (b, block) in a.chunks_exact_mut(34).enumerate() {
+            let d = half::f16::from_f32(0.01 * (b as f32 + 1.0)).to_le_bytes();
+            block[..2].copy_from_slice(&d);
+        }
+        for stale in [0, 1, 5000] {
+            let mut buf = vec![9u8; stale];
+            let laid = super::lay_out_q8_0(&a, &mut buf);
+            assert_eq!(laid.as_ptr() as usize % 64, 0, "stale {stale}");
+            assert_eq!(laid.len(), 2 * super::Q8_0_LAID + 3 * 34);
+            let (groups, tail) = laid.split_at(2 * super::Q8_0_LAID);
+            for (g, dst) in groups.chunks_exact(super::Q8_0_LAID).enumerate() {
+                for (b, src) in a[g * 16 * 34..][..16 * 34].chunks_exact(34).enumerate() {
+                    let d = half::f16::from_le_bytes([src[0], src[1]]).to_f32();
+                    assert_eq!(
+                        &dst[4 * b..4 * b + 4],
+                        &d.to_le_bytes(),
+                        "group {g} block {b}"
+                    );
+                    assert_eq!(&dst[64 + 32 * b..96 + 32 * b], &src[2..]);
+                }
+            }
+            assert_eq!(tail, &a[32 * 34..]);
         }
     }
 
