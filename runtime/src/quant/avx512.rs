@@ -114,11 +114,7 @@ fn align_q8_k<'b>(a: &[u8], buf: &'b mut Vec<u8>) -> &'b [u8] {
 /// The layout of [`align_q8_k`], with the 32-value chunks of each half in the order `chunks`.
 fn lay_out_q8_k<'b>(a: &[u8], buf: &'b mut Vec<u8>, chunks: [usize; 4]) -> &'b [u8] {
     let blocks = a.len() / 292;
-    buf.resize(blocks * LAID + 64, 0);
-    // `align_offset` may answer "never" (usize::MAX) in general; the 64 spare bytes cover any
-    // answer up to 64, and the kernels read unaligned rows correctly, only slower.
-    let start = buf.as_ptr().align_offset(64).min(64);
-    let out = &mut buf[start..start + blocks * LAID];
+    let out = aligned(buf, blocks * LAID);
     for (src, dst) in a.chunks_exact(292).zip(out.chunks_exact_mut(LAID)) {
         for half in 0..2 {
             for (to, from) in chunks.into_iter().enumerate() {
@@ -131,6 +127,18 @@ fn lay_out_q8_k<'b>(a: &[u8], buf: &'b mut Vec<u8>, chunks: [usize; 4]) -> &'b [
     }
     out
 }
+
+/// `len` bytes of `buf` (grown as needed) starting on a 64-byte boundary.
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    buf.resize(len + 64, 0);
+    // `align_offset` may answer "never" (usize::MAX) in general; the 64 spare bytes cover any
+    // answer up to 64, and the kernels read unaligned rows correctly, only slower.
+    let start = buf.as_ptr().align_offset(64).min(64);
+    &mut buf[start..start + len]
+}
+
+/// Bytes of sixteen Q8_0 blocks, the step of the Q8_0 kernels.
+const Q8_0_STEP: usize = 16 * 34;
 
 /// Bytes per group of sixteen Q8_0 activation blocks in the layout [`lay_out_q8_0`] writes: nine
 /// cache lines.
@@ -148,13 +156,10 @@ fn lay_out_q8_0<'b>(a: &[u8], buf: &'b mut Vec<u8>) -> &'b [u8] {
     let blocks = a.len() / 34;
     let (groups, rest) = (blocks / 16, blocks % 16);
     let len = groups * Q8_0_LAID + rest * 34;
-    buf.resize(len + 64, 0);
-    // As in `lay_out_q8_k`: the spare bytes cover any alignment offset up to 64.
-    let start = buf.as_ptr().align_offset(64).min(64);
-    let out = &mut buf[start..start + len];
+    let out = aligned(buf, len);
     let (laid, tail) = out.split_at_mut(groups * Q8_0_LAID);
     for (src, dst) in a
-        .chunks_exact(16 * 34)
+        .chunks_exact(Q8_0_STEP)
         .zip(laid.chunks_exact_mut(Q8_0_LAID))
     {
         for (b, block) in src.chunks_exact(34).enumerate() {
@@ -163,7 +168,7 @@ fn lay_out_q8_0<'b>(a: &[u8], buf: &'b mut Vec<u8>) -> &'b [u8] {
             dst[64 + 32 * b..96 + 32 * b].copy_from_slice(&block[2..]);
         }
     }
-    tail.copy_from_slice(&a[groups * 16 * 34..blocks * 34]);
+    tail.copy_from_slice(&a[groups * Q8_0_STEP..blocks * 34]);
     out
 }
 
@@ -741,12 +746,11 @@ fn i16_indices(f: impl Fn(usize) -> usize) -> __m512i {
 /// two scales from that vector with one permute.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q8_0(w: &[u8], a: &[u8]) -> f32 {
-    const STEP: usize = 16 * 34;
     let zero = _mm512_setzero_si512();
     let pick = q8_0_picks();
     let mut acc = _mm512_setzero_ps();
-    let ws = w.chunks_exact(STEP);
-    let (laid, ar) = a.split_at((w.len() / STEP * Q8_0_LAID).min(a.len()));
+    let ws = w.chunks_exact(Q8_0_STEP);
+    let (laid, ar) = split_laid(w, a);
     let wr = ws.remainder();
     for (x, y) in ws.zip(laid.chunks_exact(Q8_0_LAID)) {
         prefetch_ahead::<9>(x);
@@ -827,7 +831,6 @@ unsafe fn q8_0_pair(
     [a0, a1]: [&[u8]; 2],
     [out0, out1]: [&mut [f32]; 2],
 ) {
-    const STEP: usize = 16 * 34;
     let zero = _mm512_setzero_si512();
     let pick = q8_0_picks();
     let rows = w
@@ -835,12 +838,8 @@ unsafe fn q8_0_pair(
         .zip(out0.iter_mut().zip(out1.iter_mut()));
     for (w, (o0, o1)) in rows {
         let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let ws = w.chunks_exact(STEP);
-        let split = w.len() / STEP * Q8_0_LAID;
-        let ((b0, r0), (b1, r1)) = (
-            a0.split_at(split.min(a0.len())),
-            a1.split_at(split.min(a1.len())),
-        );
+        let ws = w.chunks_exact(Q8_0_STEP);
+        let ((b0, r0), (b1, r1)) = (split_laid(w, a0), split_laid(w, a1));
         let wr = ws.remainder();
         let groups = ws
             .zip(b0.chunks_exact(Q8_0_LAID))
@@ -883,6 +882,13 @@ fn pair_two(x: &[u8], [y0, y1]: [__m512i; 2], zero: __m512i) -> (__m512, __m512)
     let xx = two_blocks(x);
     let (ax, neg) = (_mm512_abs_epi8(xx), _mm512_movepi8_mask(xx));
     (signed_dot(ax, neg, y0, zero), signed_dot(ax, neg, y1, zero))
+}
+
+/// An activation row laid out by [`lay_out_q8_0`] split into the groups that meet the weight row
+/// `w`'s whole steps of sixteen blocks and the blocks after them, as they were (never past its
+/// end, however short it is).
+fn split_laid<'a>(w: &[u8], a: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+    a.split_at((w.len() / Q8_0_STEP * Q8_0_LAID).min(a.len()))
 }
 
 /// The sixteen scales of a group laid out by [`lay_out_q8_0`].
